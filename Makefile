@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make serve   serve the bundled model on $(PORT) (only the `serve` extra: no torch)
+#   make test    lint, type-check and run every test (all extras)
+# Each creates or reuses a virtual environment in the repository.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+SERVE_VENV ?= .venv-serve
+CONSTRAINTS := requirements/constraints.txt
+PIP_INSTALL = python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
+PORT ?= 3000
+MODEL_REPOSITORY ?= model_repository
+PYTEST_ARGS ?=
+
+.PHONY: test serve lint typecheck install clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/$(PIP_INSTALL) -e '.[serve,train,dev]'
+	touch $@
+
+$(SERVE_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/$(PIP_INSTALL) -e '.[serve]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+serve: $(SERVE_VENV)/.installed
+	@if [ ! -f "$(MODEL_REPOSITORY)/manifest.json" ]; then \
+		echo "No model is bundled yet in $(MODEL_REPOSITORY)/ (see the README): refusing to serve random weights." >&2; \
+		exit 2; \
+	fi
+	PORT=$(PORT) MODEL_REPOSITORY=$(MODEL_REPOSITORY) $(SERVE_VENV)/bin/bentoml serve serving.service:CXRService --port $(PORT)
+
+clean:
+	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Subcommands of ``cxr-msn`` that live in the core."""

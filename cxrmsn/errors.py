@@ -1,0 +1,70 @@
+"""The one exception family for inputs that cannot become a model input.
+
+Every failure of ``cxrmsn.imaging.decode`` raises a ``DecodeError`` subclass carrying
+a stable machine-readable ``code``, a human ``detail`` message (never containing
+patient identifiers) and the HTTP status the service answers with.
+"""
+
+from __future__ import annotations
+
+
+class DecodeError(Exception):
+    """An upload that cannot be decoded into one grey-scale 2-D image."""
+
+    code: str = "undecodable"
+    http_status: int = 400
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class CorruptInputError(DecodeError):
+    """The file claims a known format but its bytes cannot be read (400)."""
+
+    code = "corrupt_input"
+    http_status = 400
+
+
+class UnsupportedFormatError(DecodeError):
+    """Not DICOM, PNG or JPEG, or a DICOM transfer syntax with no decoder (415)."""
+
+    code = "unsupported_format"
+    http_status = 415
+
+
+class ImageTooLargeError(DecodeError):
+    """The declared image exceeds the pixel-count limit (413)."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class NotSingleGreyImageError(DecodeError):
+    """Readable, but not one grey-scale 2-D image a chest X-ray model can take (422)."""
+
+    code = "not_single_grey_image"
+    http_status = 422
+
+
+#: Every code the decoder can raise, with its HTTP status and meaning (documented in the README).
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "empty_input": (400, "the upload has no bytes"),
+    "corrupt_input": (400, "a DICOM, PNG or JPEG whose bytes cannot be parsed or decoded"),
+    "pixel_data_truncated": (400, "DICOM pixel data shorter than Rows x Columns x BitsAllocated"),
+    "unsupported_format": (415, "not DICOM, PNG or JPEG (GIF, TIFF, ZIP, text ...)"),
+    "unsupported_transfer_syntax": (415, "a DICOM transfer syntax no installed decoder handles"),
+    "image_too_large": (413, "more pixels than the decoder's limit (decompression-bomb guard)"),
+    "no_pixel_data": (422, "a DICOM without PixelData (e.g. a structured report)"),
+    "multi_frame": (422, "a DICOM with NumberOfFrames > 1"),
+    "not_greyscale": (422, "SamplesPerPixel != 1 or a colour photometric interpretation"),
+    "float_pixel_data": (422, "DICOM float or double float pixel data"),
+    "image_too_small": (422, "a side shorter than the minimum (default 16 px)"),
+    "bad_aspect_ratio": (422, "longer side more than 4 times the shorter one"),
+    "blank_image": (422, "every pixel has the same value: nothing to classify"),
+}

@@ -1,0 +1,269 @@
+"""DICOM chest radiographs to a grey-scale image in [0, 1].
+
+Follows the display pipeline of DICOM PS3.3 C.11: stored values -> modality LUT
+(rescale slope/intercept or a Modality LUT Sequence) -> VOI LUT or window -> invert
+MONOCHROME1 so that bone is bright. Nothing here reads, logs or returns patient
+identifiers; pydicom's own warnings (which can quote element values) are swallowed.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import pydicom
+import pydicom.pixels
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from cxrmsn.errors import (
+    CorruptInputError,
+    NotSingleGreyImageError,
+    UnsupportedFormatError,
+)
+from cxrmsn.imaging.checks import check_declared_size, check_not_blank
+from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
+
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+
+
+def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _read_dataset(data)
+        _check_is_single_grey_image(ds, limits)
+        stored = _decode_pixels(ds)
+        image, notes = _to_display(stored, ds)
+    check_not_blank(image)
+    return DecodedImage(pixels=image, info=_info(ds, image, notes))
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        # Touch every top-level element now so a truncated file fails here, not later.
+        for _ in ds.iterall():
+            pass
+    except Exception as exc:  # pydicom raises many types for malformed bytes
+        raise CorruptInputError(f"not a readable DICOM file ({type(exc).__name__})") from None
+    if len(ds) == 0:
+        raise CorruptInputError("not a readable DICOM file (no data elements)")
+    return ds
+
+
+def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise NotSingleGreyImageError(
+            "float pixel data is not a radiograph", code="float_pixel_data"
+        )
+    if "PixelData" not in ds:
+        raise NotSingleGreyImageError(
+            "the DICOM file has no pixel data (is it a report or a presentation state?)",
+            code="no_pixel_data",
+        )
+    frames = _int_or(ds, "NumberOfFrames", 1)
+    if frames != 1:
+        raise NotSingleGreyImageError(
+            f"the DICOM file holds {frames} frames; send one radiograph per file",
+            code="multi_frame",
+        )
+    samples = _int_or(ds, "SamplesPerPixel", 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples != 1 or photometric not in GREY_PHOTOMETRICS:
+        raise NotSingleGreyImageError(
+            f"colour DICOM (SamplesPerPixel {samples}, PhotometricInterpretation "
+            f"{photometric}); a chest radiograph is MONOCHROME1 or MONOCHROME2",
+            code="not_greyscale",
+        )
+    check_declared_size(_int_or(ds, "Columns", 0), _int_or(ds, "Rows", 0), limits)
+
+
+def _decode_pixels(ds: Dataset) -> np.ndarray:
+    syntax = _transfer_syntax(ds)
+    try:
+        decoder = pydicom.pixels.get_decoder(syntax)
+    except NotImplementedError:
+        raise UnsupportedFormatError(
+            f"no decoder for DICOM transfer syntax {syntax}", code="unsupported_transfer_syntax"
+        ) from None
+    if not decoder.is_available:
+        raise UnsupportedFormatError(
+            f"the decoder for {syntax.name} is not installed", code="unsupported_transfer_syntax"
+        )
+    if decoder.is_native:
+        _check_native_length(ds)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # codec errors come as RuntimeError, ValueError, ...
+        raise CorruptInputError(
+            f"the {syntax.name} pixel data cannot be decoded ({type(exc).__name__})"
+        ) from None
+    if pixels.ndim != 2:
+        raise NotSingleGreyImageError(
+            f"decoded pixel data has shape {pixels.shape}, not one 2-D image",
+            code="not_greyscale",
+        )
+    return pixels
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None:
+        # No file meta: pydicom parsed it as implicit or explicit little endian.
+        implicit = ds.is_implicit_VR
+        syntax = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+    return UID(str(syntax))
+
+
+def _check_native_length(ds: Dataset) -> None:
+    bits_allocated = _int_or(ds, "BitsAllocated", 16)
+    expected_bits = _int_or(ds, "Rows", 0) * _int_or(ds, "Columns", 0) * bits_allocated
+    expected = (expected_bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise CorruptInputError(
+            f"pixel data holds {actual:,} bytes; Rows x Columns x BitsAllocated needs {expected:,}",
+            code="pixel_data_truncated",
+        )
+
+
+def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
+    notes: list[str] = []
+    values = pydicom.pixels.apply_modality_lut(stored, ds).astype(np.float64, copy=False)
+    image = _apply_voi_lut(values, ds) if _has_voi_lut(ds) else _apply_window(values, ds, notes)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        image = 1.0 - image
+    return np.clip(image, 0.0, 1.0).astype(np.float32), notes
+
+
+def _has_voi_lut(ds: Dataset) -> bool:
+    sequence = ds.get("VOILUTSequence")
+    return bool(sequence) and "LUTData" in sequence[0]
+
+
+def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    item = ds.VOILUTSequence[0]
+    _, first_mapped, output_bits = (int(v) for v in item.LUTDescriptor)
+    if _int_or(ds, "PixelRepresentation", 0) == 1 and first_mapped > 32767:
+        first_mapped -= 65536  # the descriptor is read as US; signed data maps from a negative value
+    lut = _lut_entries(item.LUTData)
+    if lut.size == 0:
+        raise CorruptInputError("the VOI LUT Sequence has an empty LUT")
+    index = np.clip(np.rint(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
+    top = max(float(2**output_bits - 1), float(lut.max()))
+    return lut[index] / top
+
+
+def _lut_entries(data: object) -> np.ndarray:
+    if isinstance(data, bytes):  # OW: 16-bit little-endian words
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").astype(np.float64)
+    entries = data if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else [data]
+    return np.asarray(entries, dtype=np.float64)
+
+
+def _apply_window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
+    window = _first_window(ds)
+    if window is None:
+        return _without_window(values, ds, notes)
+    center, width = window
+    function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return (values - center) / width + 0.5
+    if width < 1.0:
+        notes.append(f"window width {width:g} is below 1: scaled from the image's own value range")
+        return _min_max(values)
+    # PS3.3 C.11.2.1.2.1: the LINEAR function, with the output range [0, 1].
+    return (values - (center - 0.5)) / (width - 1.0) + 0.5
+
+
+def _without_window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
+    bits = _int_or(ds, "BitsStored", 16)
+    if bits <= 8 and _stored_values_unchanged(ds):
+        # 8-bit data without a window is display-ready, as a PNG would be: keep its levels.
+        return values / float(2**bits - 1)
+    notes.append("no VOI LUT or window in the file: scaled from the image's own value range")
+    return _min_max(values)
+
+
+def _stored_values_unchanged(ds: Dataset) -> bool:
+    """True when no modality LUT or rescale alters unsigned stored values."""
+    if "ModalityLUTSequence" in ds or _int_or(ds, "PixelRepresentation", 0) != 0:
+        return False
+    slope, intercept = ds.get("RescaleSlope") or 1, ds.get("RescaleIntercept") or 0
+    try:
+        return float(slope) == 1.0 and float(intercept) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def _first_window(ds: Dataset) -> tuple[float, float] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        center = float(_first(ds.WindowCenter))
+        width = float(_first(ds.WindowWidth))
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(center) or not np.isfinite(width) or width <= 0:
+        return None
+    return center, width
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return value[0] if len(value) else None
+    return value
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
+    modality = _str_or_none(ds, "Modality")
+    warnings_out = list(notes)
+    if modality not in RADIOGRAPH_MODALITIES:
+        warnings_out.insert(
+            0,
+            f"Modality is {modality or 'missing'}, not CR or DX: "
+            "the model was trained on chest radiographs only",
+        )
+    return ImageInfo(
+        format="dicom",
+        width=int(image.shape[1]),
+        height=int(image.shape[0]),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
+        bits_stored=_int_or(ds, "BitsStored", _int_or(ds, "BitsAllocated", 0)),
+        modality=modality,
+        view_position=_str_or_none(ds, "ViewPosition"),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        study_instance_uid=_str_or_none(ds, "StudyInstanceUID"),
+        series_instance_uid=_str_or_none(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_str_or_none(ds, "SOPInstanceUID"),
+        warnings=tuple(warnings_out),
+    )
+
+
+def _int_or(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _str_or_none(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None

@@ -1,0 +1,146 @@
+"""The model: a timm ViT encoder and a linear 14-label head (needs the ``train`` extra).
+
+``CXRClassifier.forward`` returns ``(probabilities [B, 14], attention [B, gh, gw])``:
+sigmoid probabilities and the last block's CLS-to-patch attention averaged over heads.
+The attention is computed from the block's own q/k weights on a side path, so it is the
+same whether timm's fused attention kernel runs the block or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from timm.models.vision_transformer import VisionTransformer
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "cxrmsn.model needs torch and timm: pip install 'cxr-msn[train]'"
+    ) from exc
+
+from cxrmsn.labels import NUM_LABELS
+
+
+@dataclass(frozen=True)
+class VitSpec:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = 16
+    img_size: int = 224
+
+
+#: Named encoders; hyperparameters in the name, as timm does.
+ARCHITECTURES: dict[str, VitSpec] = {
+    # timm's ViT-Tiny/16 (3 heads).
+    "vit_tiny_patch16_224": VitSpec(embed_dim=192, depth=12, num_heads=3),
+    # The paper's ViT-Tiny/16 used 6 heads of 32 dimensions.
+    "vit_tiny_h6_patch16_224": VitSpec(embed_dim=192, depth=12, num_heads=6),
+    "vit_small_patch16_224": VitSpec(embed_dim=384, depth=12, num_heads=6),
+    # Two blocks, for fast tests and smoke runs only; not a model to train for use.
+    "vit_nano_patch16_224": VitSpec(embed_dim=64, depth=2, num_heads=2),
+}
+
+
+def architecture_spec(name: str) -> VitSpec:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def create_encoder(name: str, *, dynamic_img_size: bool = False) -> VisionTransformer:
+    """A randomly initialised ViT with a CLS token and no classification head.
+
+    ``dynamic_img_size=True`` resamples position embeddings for other input sizes
+    (the 96 px focal views of MSN pretraining); the weights are the same either way.
+    """
+    spec = architecture_spec(name)
+    return VisionTransformer(
+        img_size=spec.img_size,
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        num_classes=0,
+        global_pool="token",
+        class_token=True,
+        qkv_bias=True,
+        dynamic_img_size=dynamic_img_size,
+    )
+
+
+def cls_attention_weights(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of the CLS query over all tokens in ``block``: [B, heads, N].
+
+    ``tokens`` is the block's input [B, N, D]. Only the keys and the CLS query are
+    projected, so the side path costs about a twelfth of one block.
+    """
+    attn: Any = block.attn  # timm's Attention: qkv, num_heads, head_dim, scale, q_norm, k_norm
+    dim = tokens.shape[-1]
+    normed = block.get_submodule("norm1")(tokens)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q_bias = bias[:dim] if bias is not None else None
+    k_bias = bias[dim : 2 * dim] if bias is not None else None
+    query = F.linear(normed[:, :1], weight[:dim], q_bias)
+    keys = F.linear(normed, weight[dim : 2 * dim], k_bias)
+    batch, count, _ = keys.shape
+    query = attn.q_norm(query.reshape(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2))
+    keys = attn.k_norm(keys.reshape(batch, count, attn.num_heads, attn.head_dim).transpose(1, 2))
+    scores = (query * attn.scale) @ keys.transpose(-2, -1)  # [B, heads, 1, N]
+    return scores.softmax(dim=-1).squeeze(2)
+
+
+class CXRClassifier(nn.Module):
+    """ViT encoder + linear head for the 14 CheXpert labels."""
+
+    def __init__(self, architecture: str, *, num_labels: int = NUM_LABELS) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.encoder = create_encoder(architecture)
+        self.head = nn.Linear(self.encoder.embed_dim, num_labels)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        grid = self.encoder.patch_embed.grid_size
+        return int(grid[0]), int(grid[1])
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens after the final norm [B, N, D] and CLS attention [B, heads, N]."""
+        encoder = self.encoder
+        tokens = encoder.patch_embed(images)
+        tokens = encoder._pos_embed(tokens)
+        tokens = encoder.patch_drop(tokens)
+        tokens = encoder.norm_pre(tokens)
+        *early_blocks, last_block = encoder.blocks
+        for block in early_blocks:
+            tokens = block(tokens)
+        attention = cls_attention_weights(last_block, tokens)
+        tokens = encoder.norm(last_block(tokens))
+        return tokens, attention
+
+    def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        embedding = self.encoder.forward_head(tokens, pre_logits=True)
+        return embedding if pre_logits else self.head(embedding)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """CLS embeddings [B, D] (what linear evaluation trains on)."""
+        return self.encoder.forward_head(self.encoder.forward_features(images), pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, attention = self.forward_features(images)
+        probabilities = torch.sigmoid(self.forward_head(tokens))
+        prefix = self.encoder.num_prefix_tokens
+        grid_h, grid_w = self.grid_size
+        patch_attention = attention[:, :, prefix:].mean(dim=1)
+        return probabilities, patch_attention.reshape(-1, grid_h, grid_w)
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> None:
+    """Switch timm's fused attention kernel on or off in every block of ``model``."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            attention: Any = module
+            attention.fused_attn = enabled

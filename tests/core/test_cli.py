@@ -1,0 +1,49 @@
+"""The `cxr-msn` console script, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import chest_like_picture, make_dicom
+
+
+def cxr_msn(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("cxr-msn") or str(Path(sys.executable).with_name("cxr-msn"))
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_core_subcommands() -> None:
+    result = cxr_msn("--help")
+    assert result.returncode == 0
+    assert "info" in result.stdout and "init-checkpoint" in result.stdout
+    for command in ("info", "init-checkpoint"):
+        sub = cxr_msn(command, "--help")
+        assert sub.returncode == 0 and "usage: cxr-msn " + command in sub.stdout
+
+
+def test_info_prints_metadata_and_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.bin"
+    good.write_bytes(make_dicom(chest_like_picture(64, 64), PatientName="MARKER^X"))
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"<html></html>")
+    result = cxr_msn("info", str(good), str(bad))
+    assert result.returncode == 1
+    good_line, bad_line = (json.loads(line) for line in result.stdout.splitlines())
+    assert good_line["format"] == "dicom" and good_line["width"] == 64
+    assert bad_line["error"] == "unsupported_format" and bad_line["status"] == 415
+    assert "MARKER" not in result.stdout + result.stderr
+
+
+def test_init_checkpoint_writes_a_loadable_untrained_model(tmp_path: Path) -> None:
+    out = tmp_path / "nano.safetensors"
+    result = cxr_msn("init-checkpoint", str(out), "--arch", "vit_nano_patch16_224", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    from cxrmsn.checkpoint import load_classifier
+
+    _, metadata = load_classifier(out)
+    assert metadata.architecture == "vit_nano_patch16_224"
+    assert metadata.trained_labels == [] and "untrained" in metadata.training_data["summary"]
