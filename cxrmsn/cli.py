@@ -41,7 +41,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
             subparsers.add_parser(name, help=f"(unavailable: {missing} is not installed)")
             continue
         sub = subparsers.add_parser(
-            name, help=module.HELP, description=module.__doc__,
+            name,
+            help=module.HELP,
+            description=module.__doc__,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(sub)

@@ -17,9 +17,7 @@ try:
     from timm.models.vision_transformer import VisionTransformer
     from torch import nn
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "cxrmsn.model needs torch and timm: pip install 'cxr-msn[train]'"
-    ) from exc
+    raise ImportError("cxrmsn.model needs torch and timm: pip install 'cxr-msn[train]'") from exc
 
 from cxrmsn.labels import NUM_LABELS
 

@@ -16,7 +16,8 @@ HELP = "write a randomly initialised (untrained) classifier checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="checkpoint file to write (.safetensors)")
     parser.add_argument(
-        "--arch", default="vit_tiny_patch16_224",
+        "--arch",
+        default="vit_tiny_patch16_224",
         help="encoder architecture: vit_tiny_patch16_224 (timm, 3 heads), "
         "vit_tiny_h6_patch16_224 (the paper's 6 heads), vit_small_patch16_224, "
         "vit_nano_patch16_224 (2 blocks, tests only)",

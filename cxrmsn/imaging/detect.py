@@ -51,9 +51,5 @@ def detect_format(data: bytes) -> str:
         return "dicom"
     for signature, name in _KNOWN_OTHER_FORMATS:
         if data.startswith(signature):
-            raise UnsupportedFormatError(
-                f"{name} files are not supported; send DICOM, PNG or JPEG"
-            )
-    raise UnsupportedFormatError(
-        "not a DICOM, PNG or JPEG file (detected by content, not by file name)"
-    )
+            raise UnsupportedFormatError(f"{name} files are not supported; send DICOM, PNG or JPEG")
+    raise UnsupportedFormatError("not a DICOM, PNG or JPEG file (detected by content, not by file name)")

@@ -47,9 +47,7 @@ def _open(data: bytes, fmt: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageTooLargeError(f"the {fmt.upper()} header declares too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CorruptInputError(
-            f"the {fmt.upper()} header cannot be read ({type(exc).__name__})"
-        ) from None
+        raise CorruptInputError(f"the {fmt.upper()} header cannot be read ({type(exc).__name__})") from None
 
 
 def _load_oriented(image: Image.Image, fmt: str) -> Image.Image:

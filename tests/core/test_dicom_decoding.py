@@ -48,8 +48,13 @@ def test_rescale_slope_and_intercept_apply_before_the_window() -> None:
     # Hounsfield-like values: 2 * stored - 300 -> -300, -100, 100, 300; window [-200, 200].
     image = decoded(
         make_dicom(
-            stored, bits_stored=12, RescaleSlope=2, RescaleIntercept=-300,
-            WindowCenter=0, WindowWidth=401, VOILUTFunction="LINEAR_EXACT",
+            stored,
+            bits_stored=12,
+            RescaleSlope=2,
+            RescaleIntercept=-300,
+            WindowCenter=0,
+            WindowWidth=401,
+            VOILUTFunction="LINEAR_EXACT",
         )
     )
     np.testing.assert_allclose(image[0, ::4], [0.0, 0.25062, 0.74938, 1.0], atol=1e-4)
@@ -74,8 +79,11 @@ def test_voi_lut_sequence_is_preferred_over_the_window() -> None:
     stored = np.tile(np.arange(0, 1024, 16, dtype=np.uint16), (16, 1))
     lut = np.round(np.sqrt(np.arange(1024) / 1023) * 255).astype(np.uint16)
     data = make_dicom(
-        stored, bits_stored=10, VOILUTSequence=voi_lut_sequence(lut, 0, 8),
-        WindowCenter=10, WindowWidth=5,
+        stored,
+        bits_stored=10,
+        VOILUTSequence=voi_lut_sequence(lut, 0, 8),
+        WindowCenter=10,
+        WindowWidth=5,
     )
     np.testing.assert_allclose(decoded(data)[0], lut[stored[0]] / 255.0, atol=1e-6)
 

@@ -1,0 +1,81 @@
+"""The model repository manifest and its integrity check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cxrmsn.fileio import sha256_file
+from cxrmsn.labels import LABELS
+from cxrmsn.preprocess import DEFAULT_PREPROCESS
+from cxrmsn.repository import (
+    ModelFile,
+    RepositoryError,
+    RepositoryManifest,
+    read_manifest,
+    verified_model_path,
+    write_manifest,
+)
+
+
+def make_repository(root: Path) -> RepositoryManifest:
+    model = root / "cxr_msn" / "1" / "model.onnx"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"pretend onnx bytes" * 10)
+    manifest = RepositoryManifest(
+        name="cxr_msn",
+        version="1",
+        architecture="vit_nano_patch16_224",
+        labels=list(LABELS),
+        preprocessing=DEFAULT_PREPROCESS.to_dict(),
+        models={
+            "fp32": ModelFile(
+                path="cxr_msn/1/model.onnx",
+                sha256=sha256_file(model),
+                bytes=model.stat().st_size,
+                precision="fp32",
+                triton_model="cxr_msn",
+            )
+        },
+    )
+    write_manifest(root, manifest)
+    return manifest
+
+
+def test_manifest_round_trips(tmp_path: Path) -> None:
+    manifest = make_repository(tmp_path)
+    assert read_manifest(tmp_path) == manifest
+    assert verified_model_path(tmp_path, manifest) == tmp_path / "cxr_msn" / "1" / "model.onnx"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-5]), "truncated or replaced"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-1] + b"X"), "modified or corrupt"),
+        (lambda p: p.unlink(), "missing"),
+    ],
+)
+def test_tampered_model_files_are_refused(
+    tmp_path: Path, tamper: Callable[[Path], object], message: str
+) -> None:
+    manifest = make_repository(tmp_path)
+    tamper(tmp_path / "cxr_msn" / "1" / "model.onnx")
+    with pytest.raises(RepositoryError, match=message):
+        verified_model_path(tmp_path, manifest)
+
+
+def test_missing_or_foreign_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="not a cxr-msn model repository"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "something else"}')
+    with pytest.raises(RepositoryError, match="is not a cxr-msn-model-repository manifest"):
+        read_manifest(tmp_path)
+
+
+def test_unknown_variant_is_refused(tmp_path: Path) -> None:
+    manifest = make_repository(tmp_path)
+    with pytest.raises(RepositoryError, match="variant 'int8' is not in the manifest"):
+        verified_model_path(tmp_path, manifest, "int8")
