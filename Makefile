@@ -12,7 +12,7 @@ PORT ?= 3000
 MODEL_REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: test serve lint typecheck install clean
+.PHONY: test serve lint typecheck install clean requirements
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -37,11 +37,14 @@ test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 serve: $(SERVE_VENV)/.installed
-	@if [ ! -f "$(MODEL_REPOSITORY)/manifest.json" ]; then \
-		echo "No model is bundled yet in $(MODEL_REPOSITORY)/ (see the README): refusing to serve random weights." >&2; \
-		exit 2; \
-	fi
-	PORT=$(PORT) MODEL_REPOSITORY=$(MODEL_REPOSITORY) $(SERVE_VENV)/bin/bentoml serve serving.service:CXRService --port $(PORT)
+	$(SERVE_VENV)/bin/cxr-msn serve --repository $(MODEL_REPOSITORY) --port $(PORT)
+
+# requirements/serve.txt: the serve extra's pinned closure, installed into the Bento.
+requirements: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install --quiet --dry-run --ignore-installed --report .serve-report.json \
+		-c $(CONSTRAINTS) '.[serve]'
+	$(VENV)/bin/python requirements/pin_serve.py .serve-report.json > requirements/serve.txt
+	rm -f .serve-report.json
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,7 @@ identifiers; pydicom's own warnings (which can quote element values) are swallow
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from typing import Any
 
@@ -27,6 +28,19 @@ from cxrmsn.imaging.checks import check_declared_size, check_not_blank
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+
+
+class _DropRecords(logging.Filter):
+    """pydicom's log messages can quote element values (patient data): drop them all.
+
+    Decoding failures reach callers as typed ``DecodeError``s instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+logging.getLogger("pydicom").addFilter(_DropRecords())
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 
@@ -59,7 +73,7 @@ def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
         raise NotSingleGreyImageError("float pixel data is not a radiograph", code="float_pixel_data")
     if "PixelData" not in ds:
         raise NotSingleGreyImageError(
-            "the DICOM file has no pixel data (is it a report or a presentation state?)",
+            "the DICOM file has no pixel data (a report, a presentation state, or a truncated file?)",
             code="no_pixel_data",
         )
     frames = _int_or(ds, "NumberOfFrames", 1)

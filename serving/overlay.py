@@ -1,0 +1,48 @@
+"""Attention heatmap over the model's view of the image, as PNG bytes (numpy + Pillow)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from cxrmsn.preprocess import PreprocessConfig, resize_and_crop
+
+# Anchor colours of a perceptually ordered dark-red-yellow-white map (like "inferno").
+_ANCHORS = np.array(
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
+OVERLAY_SIDE = 448
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB float32 in [0, 255], shape (..., 3)."""
+    position = np.clip(values, 0.0, 1.0) * (len(_ANCHORS) - 1)
+    low = np.floor(position).astype(np.intp).clip(0, len(_ANCHORS) - 2)
+    fraction = (position - low)[..., None]
+    return _ANCHORS[low] * (1 - fraction) + _ANCHORS[low + 1] * fraction
+
+
+def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> bytes:
+    """The region the model saw (its resize and centre crop), with attention blended over it.
+
+    ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map.
+    """
+    scale = OVERLAY_SIDE / preprocessing.crop
+    view = PreprocessConfig(
+        resize=round(preprocessing.resize * scale), crop=OVERLAY_SIDE,
+        mean=preprocessing.mean, std=preprocessing.std,
+    )
+    background = resize_and_crop(grey, view)
+    peak = float(attention.max())
+    heat = attention / peak if peak > 0 else attention
+    heat_image = Image.fromarray(heat.astype(np.float32), mode="F").resize(
+        (OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BICUBIC
+    )
+    heat_up = np.clip(np.asarray(heat_image), 0.0, 1.0)
+    alpha = (0.15 + 0.5 * heat_up)[..., None]
+    rgb = background[..., None] * 255.0 * (1 - alpha) + colour_map(heat_up) * alpha
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()

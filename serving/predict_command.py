@@ -1,0 +1,120 @@
+"""Predict on files or folders without a server, through the service's own code path.
+
+Each file is decoded (DICOM, PNG or JPEG by content), preprocessed and run by ONNX
+Runtime exactly as ``POST /predict`` does. Folders are searched recursively. Files that
+cannot be decoded are reported on stderr and skipped; the exit status is 1 if any was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HELP = "predict on image files or folders without a server (table, JSON or CSV)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them")
+    parser.add_argument(
+        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
+        help="model repository (env MODEL_REPOSITORY)",
+    )
+    parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    parser.add_argument("--overlay-dir", type=Path, default=None, help="write attention overlay PNGs here")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cxrmsn.errors import DecodeError
+    from serving.predictor import load_predictor
+
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    predictor = load_predictor(args.repository, variant=args.variant)
+    files = list(_expand(args.inputs))
+    show_progress = any(path.is_dir() for path in args.inputs)
+    writer = _Writer(args.format, predictor.manifest.labels)
+    failures = 0
+    pending: list[tuple[Path, Any]] = []
+    for path in tqdm(files, unit="file", disable=not show_progress or None, file=sys.stderr):
+        try:
+            pending.append((path, predictor.prepare(path.read_bytes())))
+        except (DecodeError, OSError) as error:
+            failures += 1
+            code = getattr(error, "code", "unreadable_file")
+            detail = getattr(error, "detail", None) or str(error)
+            print(f"skipped {path}: {code}: {detail}", file=sys.stderr)
+            writer.error(path, code, detail)
+        if len(pending) >= args.batch_size:
+            _flush(predictor, pending, writer, args.overlay_dir)
+    _flush(predictor, pending, writer, args.overlay_dir)
+    writer.close()
+    return 1 if failures else 0
+
+
+def _expand(inputs: list[Path]) -> Iterator[Path]:
+    for path in inputs:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            yield path
+
+
+def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, overlay_dir: Path | None) -> None:
+    import numpy as np
+
+    if not pending:
+        return
+    batch = np.stack([prepared.model_input for _, prepared in pending])
+    probabilities, attention = predictor.infer(batch)
+    for index, (path, prepared) in enumerate(pending):
+        result = predictor.result(prepared, probabilities[index], attention[index], overlay=overlay_dir is not None)
+        if overlay_dir is not None:
+            overlay_dir.mkdir(parents=True, exist_ok=True)
+            png = base64.b64decode(result.pop("overlay_png_base64"))
+            (overlay_dir / f"{path.stem}_attention.png").write_bytes(png)
+        writer.result(path, result)
+    pending.clear()
+
+
+class _Writer:
+    def __init__(self, fmt: str, labels: list[str]) -> None:
+        self.fmt = fmt
+        self.labels = labels
+        self._csv: Any = None
+        if fmt == "csv":
+            self._csv = csv.writer(sys.stdout)
+            self._csv.writerow(["file", *labels, "positive", "error"])
+        elif fmt == "table":
+            print(f"{'file':40s}  {'top findings (probability)':60s}  positive")
+
+    def result(self, path: Path, result: dict[str, Any]) -> None:
+        probabilities = result["probabilities"]
+        if self.fmt == "json":
+            print(json.dumps({"file": str(path), **result}))
+        elif self.fmt == "csv":
+            row = [f"{probabilities[label]:.6f}" for label in self.labels]
+            self._csv.writerow([str(path), *row, "|".join(result["positive"]), ""])
+        else:
+            top = sorted(probabilities.items(), key=lambda item: -item[1])[:3]
+            findings = ", ".join(f"{label} {p:.2f}" for label, p in top)
+            print(f"{str(path)[-40:]:40s}  {findings:60s}  {', '.join(result['positive']) or '-'}")
+
+    def error(self, path: Path, code: str, detail: str) -> None:
+        if self.fmt == "json":
+            print(json.dumps({"file": str(path), "error": code, "detail": detail}))
+        elif self.fmt == "csv":
+            self._csv.writerow([str(path), *[""] * len(self.labels), "", code])
+
+    def close(self) -> None:
+        sys.stdout.flush()

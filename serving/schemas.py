@@ -1,0 +1,93 @@
+"""Typed API responses: each Field description becomes part of the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class AttentionMap(BaseModel):
+    shape: list[int] = Field(description="[rows, columns] of the patch grid, e.g. [14, 14]")
+    values: list[list[float]] = Field(
+        description="last-layer CLS-to-patch attention averaged over heads, normalised to sum to 1"
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="model name in the repository")
+    version: str = Field(description="model version")
+    architecture: str = Field(description="encoder architecture, e.g. vit_small_patch16_224")
+    variant: str = Field(description="served variant: fp32, fp16, int8 ...")
+    precision: str = Field(description="numeric precision of the served file")
+    sha256: str = Field(description="sha256 of the served model file, verified at start-up")
+    trained_labels: list[str] = Field(description="labels the model had training signal for")
+    untrained_labels: list[str] = Field(description="labels without training signal: never positive")
+    backend: str = Field(description="the inference backend, e.g. onnxruntime (CPUExecutionProvider)")
+    intended_use: str = Field(description="intended use; not for clinical use unless validated")
+
+
+class InputInfo(BaseModel):
+    format: str = Field(description="dicom, png or jpeg (detected from the bytes)")
+    width: int
+    height: int
+    photometric: str = Field(description="MONOCHROME1, MONOCHROME2, RGB or PALETTE COLOR")
+    bits_stored: int
+    modality: str | None = Field(default=None, description="DICOM Modality (CR, DX ...)")
+    view_position: str | None = Field(default=None, description="DICOM ViewPosition (PA, AP ...)")
+    transfer_syntax_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="what the decoder changed or assumed")
+
+
+class PredictResponse(BaseModel):
+    labels: list[str] = Field(description="the 14 CheXpert labels, in model order")
+    probabilities: dict[str, float] = Field(description="label -> sigmoid probability")
+    attention: AttentionMap
+    positive: list[str] = Field(description="trained labels at or over their saved threshold")
+    model: ModelInfo
+    input: InputInfo = Field(description="facts about the upload; never patient identifiers")
+    warnings: list[str] = Field(description="decoder and model warnings for this result")
+    overlay_png_base64: str | None = Field(
+        default=None, description="with overlay=true: the attention heatmap over the image, PNG, base64"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. unsupported_format")
+    detail: str = Field(description="human-readable message")
+
+
+class BatchItem(BaseModel):
+    index: int = Field(description="position of the file in the request (0-based)")
+    status: int = Field(description="HTTP status this file alone would have had")
+    result: PredictResponse | None = None
+    error: ErrorResponse | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="one entry per uploaded file, in order")
+
+
+class ModelCard(BaseModel):
+    model_config = {"protected_namespaces": ()}
+
+    name: str
+    version: str
+    architecture: str
+    variant: str
+    precision: str
+    sha256: str
+    labels: list[str]
+    trained_labels: list[str]
+    untrained_labels: list[str]
+    thresholds: dict[str, float] = Field(description="operating threshold per label (chosen on validation)")
+    preprocessing: dict[str, Any]
+    training_data: dict[str, Any]
+    metrics: dict[str, Any]
+    source_checkpoint: dict[str, Any]
+    variants: list[str]
+    backend: str
+    intended_use: str

@@ -1,0 +1,87 @@
+"""Check the model repository, then run the BentoML service (``bentoml serve``).
+
+The check reads manifest.json, verifies the served file's size and sha256 and opens it
+with ONNX Runtime; any problem is one clear message and exit status 2, before a server
+starts. Options override the environment variables documented in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+HELP = "verify the model repository and serve it over HTTP with BentoML"
+SERVICE = "serving.service:CXRService"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
+        help="model repository to serve (env MODEL_REPOSITORY)",
+    )
+    parser.add_argument(
+        "--variant", default=os.environ.get("CXR_MSN_VARIANT"),
+        help="model variant (fp32, fp16, int8 ...); default: the manifest's default (env CXR_MSN_VARIANT)",
+    )
+    parser.add_argument(
+        "--backend", default=os.environ.get("CXR_MSN_BACKEND", "onnxruntime"),
+        choices=["onnxruntime", "triton-http", "triton-grpc"],
+        help="run the model in-process with ONNX Runtime, or on a Triton server (env CXR_MSN_BACKEND)",
+    )
+    parser.add_argument(
+        "--triton-url", default=os.environ.get("CXR_MSN_TRITON_URL", "localhost:8000"),
+        help="Triton address, host:port of its HTTP or gRPC endpoint (env CXR_MSN_TRITON_URL)",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)")
+    parser.add_argument("--check-only", action="store_true", help="verify the repository and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    env = {
+        **os.environ,
+        "MODEL_REPOSITORY": str(args.repository),
+        "CXR_MSN_BACKEND": args.backend,
+        "CXR_MSN_TRITON_URL": args.triton_url,
+    }
+    if args.variant:
+        env["CXR_MSN_VARIANT"] = args.variant
+    problem = preflight(args.repository, args.variant, args.backend)
+    if problem:
+        print(f"cxr-msn serve: {problem}", file=sys.stderr)
+        return 2
+    print(f"cxr-msn serve: {args.repository} verified", file=sys.stderr)
+    if args.check_only:
+        return 0
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    command = [bentoml, "serve", SERVICE, "--host", args.host, "--port", str(args.port)]
+    os.execvpe(command[0], command, env)
+
+
+def preflight(repository: Path, variant: str | None, backend: str) -> str | None:
+    """None if the repository can be served, else one sentence saying why not."""
+    from cxrmsn.repository import RepositoryError, read_manifest, verified_model_path
+
+    if not (repository / "manifest.json").is_file():
+        return (
+            f"no model in {repository}/ (no manifest.json). No trained model is bundled yet; "
+            "export one with `cxr-msn export CHECKPOINT --out DIR` and set MODEL_REPOSITORY=DIR. "
+            "Refusing to serve random weights."
+        )
+    try:
+        manifest = read_manifest(repository)
+        path = verified_model_path(repository, manifest, variant)
+    except RepositoryError as error:
+        return f"refusing to serve {repository}: {error}"
+    if backend != "onnxruntime":
+        return None
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for invalid graphs
+        return f"refusing to serve {path}: ONNX Runtime cannot load it ({type(error).__name__})"
+    return None

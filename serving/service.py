@@ -1,0 +1,140 @@
+"""The BentoML service: DICOM, PNG or JPEG in; 14 probabilities and an attention map out.
+
+Configuration comes from the environment (see ``serving.config`` and the README):
+``MODEL_REPOSITORY`` names the model repository to serve. The model file is checked
+against the manifest's sha256 when the worker starts; a mismatch stops the worker.
+Not for clinical use unless validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+from fastapi import FastAPI
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from cxrmsn.errors import DecodeError
+from serving.batching import MicroBatcher
+from serving.config import ServingConfig
+from serving.metrics import ServiceMetrics
+from serving.middleware import UploadLimitMiddleware
+from serving.predictor import PreparedImage, Predictor
+from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
+
+LOGGER = logging.getLogger("cxr_msn.serving")
+CONFIG = ServingConfig.from_env()
+
+model_api = FastAPI(title="cxr-msn model information", version="1")
+
+
+def error_response(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+@bentoml.service(
+    name="cxr_msn",
+    workers=1,
+    traffic={"timeout": 120, "max_concurrency": 64},
+)
+@bentoml.asgi_app(model_api)
+class CXRService:
+    """Chest X-ray classification with a multimodal-MSN ViT (research use only)."""
+
+    def __init__(self) -> None:
+        self.predictor = Predictor(CONFIG)
+        self.metrics = ServiceMetrics()
+        self.batcher = MicroBatcher(self.predictor.infer, max_batch_size=CONFIG.max_batch_size)
+        self.batcher.on_batch = self.metrics.observe_batch
+        LOGGER.info(
+            "serving %s %s (%s, sha256 %s...) with %s",
+            self.predictor.manifest.name, self.predictor.variant, self.predictor.manifest.architecture,
+            self.predictor.model_file.sha256[:12], self.predictor.backend.description,
+        )
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        file: Annotated[Path, Field(description="a chest X-ray: DICOM, PNG or JPEG (detected by content)")],
+        overlay: Annotated[bool, Field(description="also return the attention heatmap as a PNG")] = False,
+    ) -> PredictResponse:
+        """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx."""
+        outcome = await self._predict_one(file, overlay)
+        if isinstance(outcome, ErrorResponse):
+            return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
+        return outcome
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(
+        self,
+        files: Annotated[list[Path], Field(description="several chest X-rays, each DICOM, PNG or JPEG")],
+        overlay: Annotated[bool, Field(description="also return heatmap PNGs")] = False,
+    ) -> BatchResponse:
+        """Classify several files; one result or one error per file, in order."""
+        if len(files) > CONFIG.max_files_per_batch:
+            detail = f"{len(files)} files sent; at most {CONFIG.max_files_per_batch} per request"
+            self.metrics.count_error("too_many_files")
+            return _as_api_return(error_response(413, "too_many_files", detail))
+        outcomes = await _gather([self._predict_one(path, overlay) for path in files])
+        items = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, ErrorResponse):
+                items.append(BatchItem(index=index, status=_STATUS[outcome.error], error=outcome))
+            else:
+                items.append(BatchItem(index=index, status=200, result=outcome))
+        return BatchResponse(results=items)
+
+    async def _predict_one(self, path: Path, overlay: bool) -> PredictResponse | ErrorResponse:
+        try:
+            data = await anyio.to_thread.run_sync(path.read_bytes)
+            prepared: PreparedImage = await anyio.to_thread.run_sync(self.predictor.prepare, data)
+        except DecodeError as error:
+            _STATUS.setdefault(error.code, error.http_status)
+            self.metrics.count_error(error.code)
+            return ErrorResponse(error=error.code, detail=error.detail)
+        self.metrics.count_request(prepared.decoded.info.format)
+        try:
+            probabilities, attention = await self.batcher.infer(prepared.model_input)
+        except Exception as error:  # a backend fault: 500, logged without input details
+            LOGGER.error("inference failed: %s", type(error).__name__)
+            self.metrics.count_error("inference_failed")
+            return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
+        result = await anyio.to_thread.run_sync(
+            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay)
+        )
+        return PredictResponse.model_validate(result)
+
+
+# HTTP status per error code; decoder codes are added from the errors themselves.
+_STATUS: dict[str, int] = {"inference_failed": 500, "too_many_files": 413}
+
+
+def _as_api_return(response: JSONResponse) -> Any:
+    # BentoML passes a starlette Response through unchanged: the project's error shape.
+    return response
+
+
+async def _gather(coroutines: list[Any]) -> list[Any]:
+    results: list[Any] = [None] * len(coroutines)
+
+    async def run(index: int, coroutine: Any) -> None:
+        results[index] = await coroutine
+
+    async with anyio.create_task_group() as group:
+        for index, coroutine in enumerate(coroutines):
+            group.start_soon(run, index, coroutine)
+    return results
+
+
+@model_api.get("/model", response_model=ModelCard, summary="The served model: labels, thresholds, metrics")
+async def model_card() -> dict[str, Any]:
+    service = bentoml.get_current_service()
+    card: dict[str, Any] = service.predictor.model_card()
+    return card
+
+
+CXRService.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)

@@ -1,0 +1,123 @@
+"""A corpus of bad uploads with the status and error code the service must answer.
+
+Used by the serving tests; `python -m tests.bad_inputs DIR` writes the files to DIR.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import SHARED_DATA, chest_like_picture, dicom_bytes, make_dataset, make_dicom, to_jpeg, to_png
+
+PICTURE = chest_like_picture(64, 64)
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("image.png", to_png(PICTURE))
+    return buffer.getvalue()
+
+
+def _dicom_variant(**changes: object) -> bytes:
+    ds = make_dataset(PICTURE)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return dicom_bytes(ds)
+
+
+def _rgb_dicom(photometric: str) -> bytes:
+    ds = make_dataset(np.stack([PICTURE] * 3, axis=-1))
+    ds.Rows, ds.Columns = PICTURE.shape
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, photometric
+    return dicom_bytes(ds)
+
+
+def _multi_frame() -> bytes:
+    ds = make_dataset(np.stack([PICTURE, PICTURE]))
+    ds.NumberOfFrames = 2
+    return dicom_bytes(ds)
+
+
+def _float_dicom() -> bytes:
+    ds = make_dataset(PICTURE)
+    del ds.PixelData
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = PICTURE.astype(np.float32).tobytes()
+    return dicom_bytes(ds)
+
+
+def _wrong_transfer_syntax() -> bytes:
+    # The file meta says RLE Lossless; the pixel data is raw. Same UID length: meta stays valid.
+    data = make_dicom(PICTURE)
+    return data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00", 1)
+
+
+def bad_inputs() -> list[tuple[str, bytes, int, str]]:
+    """(name, bytes, HTTP status, error code) for every bad upload the service must refuse.
+
+    Status 0 means "any 4xx" and an empty code "any decoder code".
+    """
+    good_dicom = make_dicom(PICTURE)
+    png = to_png(PICTURE)
+    jpeg = to_jpeg(PICTURE)
+    cases: list[tuple[str, bytes, int, str]] = [
+        ("empty", b"", 400, "empty_input"),
+        ("one_byte", b"\x00", 415, "unsupported_format"),
+        ("text", b"This is not an X-ray.\n" * 10, 415, "unsupported_format"),
+        ("html_as_dcm", b"<!DOCTYPE html><html><body>login</body></html>", 415, "unsupported_format"),
+        ("gif", _pil_bytes(Image.fromarray(PICTURE), "GIF"), 415, "unsupported_format"),
+        ("tiff", _pil_bytes(Image.fromarray(PICTURE), "TIFF"), 415, "unsupported_format"),
+        ("zip", _zip_bytes(), 415, "unsupported_format"),
+        ("dicom_multi_frame", _multi_frame(), 422, "multi_frame"),
+        ("dicom_rgb", _rgb_dicom("RGB"), 422, "not_greyscale"),
+        ("dicom_ybr", _rgb_dicom("YBR_FULL"), 422, "not_greyscale"),
+        ("dicom_float", _float_dicom(), 422, "float_pixel_data"),
+        ("dicom_no_pixels", _dicom_variant(PixelData=None), 422, "no_pixel_data"),
+        ("dicom_rows_zero", _dicom_variant(Rows=0), 422, "image_too_small"),
+        ("dicom_short_pixels", _dicom_variant(PixelData=PICTURE.tobytes()[:500]), 400, "pixel_data_truncated"),
+        ("dicom_huge_header", _dicom_variant(Rows=50000, Columns=50000), 413, "image_too_large"),
+        ("dicom_wrong_syntax", _wrong_transfer_syntax(), 400, "corrupt_input"),
+        ("dicom_blank", make_dicom(np.full((64, 64), 9, dtype=np.uint8)), 422, "blank_image"),
+        ("png_truncated", png[: len(png) // 2], 400, "corrupt_input"),
+        ("jpeg_truncated", jpeg[: len(jpeg) // 2], 400, "corrupt_input"),
+        ("png_bomb", _pil_bytes(Image.new("L", (9000, 9000)), "PNG", optimize=True), 413, "image_too_large"),
+        ("png_1x1", to_png(np.zeros((1, 1), dtype=np.uint8)), 422, "image_too_small"),
+        ("png_elongated", to_png(np.tile(PICTURE[:20], (1, 20))), 422, "bad_aspect_ratio"),
+        ("png16_one_value", to_png(np.full((64, 64), 4000, dtype=np.uint16)), 422, "blank_image"),
+    ]
+    for fraction in (0.02, 0.1, 0.5, 0.9):
+        cut = good_dicom[: int(len(good_dicom) * fraction)]
+        # Cut inside the header: not recognisable; later: truncated or missing pixel data.
+        status, code = (415, "unsupported_format") if len(cut) < 132 else (0, "")
+        cases.append((f"dicom_truncated_{int(fraction * 100)}", cut, status, code))
+    corrupt = SHARED_DATA / "dicom" / "corrupt_j2k_966.dcm"
+    if corrupt.is_file():
+        cases.append(("dicom_corrupt_j2k", corrupt.read_bytes(), 400, "corrupt_input"))
+    return cases
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data, status, code in bad_inputs():
+        (out / f"{name}.bin").write_bytes(data)
+        print(f"{name:24s} {len(data):>10,d} bytes -> {status or '4xx'} {code or '(any code)'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs"))

@@ -1,0 +1,97 @@
+"""A small randomly initialised model exported to a temporary repository, and a real
+`bentoml serve` process serving it on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.repository import export_test_repository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_test_repository(tmp_path_factory.mktemp("repository"))
+
+
+def start_server(repository: Path, log_path: Path, **env: str) -> RunningServer:
+    port = free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    environment = {
+        **os.environ,
+        "MODEL_REPOSITORY": str(repository),
+        "CXR_MSN_ORT_THREADS": "2",
+        "BENTOML_HOME": str(log_path.parent / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(bentoml), "serve", "serving.service:CXRService", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"bentoml serve did not become ready:\n{server.log()[-3000:]}")
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    running = start_server(model_repository, log_path, CXR_MSN_MAX_UPLOAD_BYTES=str(12 * 1024 * 1024))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
