@@ -6,7 +6,8 @@ Reads a `pip install --dry-run --report` JSON (argument 1) and prints pins.
 import json
 import sys
 
-report = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as handle:
+    report = json.load(handle)
 pins = sorted(
     f"{item['metadata']['name'].lower()}=={item['metadata']['version']}"
     for item in report["install"]

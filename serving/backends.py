@@ -63,7 +63,7 @@ class TritonBackend:
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
         else:
-            import tritonclient.http as client_module  # type: ignore[no-redef]
+            import tritonclient.http as client_module
         self._module: Any = client_module
         self._client: Any = client_module.InferenceServerClient(url=config.triton_url)
         self.description = f"triton-{self.protocol} {config.triton_url} model {model_name}"

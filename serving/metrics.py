@@ -15,7 +15,8 @@ class ServiceMetrics:
         )
         self.errors = Counter("cxr_msn_errors_total", "requests refused or failed, by error code", ["code"])
         self.model_latency = Histogram(
-            "cxr_msn_model_latency_seconds", "model inference time per batch",
+            "cxr_msn_model_latency_seconds",
+            "model inference time per batch",
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         )
         self.batch_size = Histogram(

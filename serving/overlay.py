@@ -31,8 +31,10 @@ def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: Preproce
     """
     scale = OVERLAY_SIDE / preprocessing.crop
     view = PreprocessConfig(
-        resize=round(preprocessing.resize * scale), crop=OVERLAY_SIDE,
-        mean=preprocessing.mean, std=preprocessing.std,
+        resize=round(preprocessing.resize * scale),
+        crop=OVERLAY_SIDE,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
     )
     background = resize_and_crop(grey, view)
     peak = float(attention.max())

@@ -23,7 +23,9 @@ HELP = "predict on image files or folders without a server (table, JSON or CSV)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them")
     parser.add_argument(
-        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
+        "--repository",
+        type=Path,
+        default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
         help="model repository (env MODEL_REPOSITORY)",
     )
     parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
@@ -70,7 +72,9 @@ def _expand(inputs: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, overlay_dir: Path | None) -> None:
+def _flush(
+    predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, overlay_dir: Path | None
+) -> None:
     import numpy as np
 
     if not pending:
@@ -78,7 +82,9 @@ def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, ove
     batch = np.stack([prepared.model_input for _, prepared in pending])
     probabilities, attention = predictor.infer(batch)
     for index, (path, prepared) in enumerate(pending):
-        result = predictor.result(prepared, probabilities[index], attention[index], overlay=overlay_dir is not None)
+        result = predictor.result(
+            prepared, probabilities[index], attention[index], overlay=overlay_dir is not None
+        )
         if overlay_dir is not None:
             overlay_dir.mkdir(parents=True, exist_ok=True)
             png = base64.b64decode(result.pop("overlay_png_base64"))

@@ -88,7 +88,8 @@ class Predictor:
         return [
             label
             for label in self.manifest.labels
-            if label in thresholds and label not in self.untrained_labels
+            if label in thresholds
+            and label not in self.untrained_labels
             and probabilities[label] >= thresholds[label]
         ]
 

@@ -19,24 +19,31 @@ SERVICE = "serving.service:CXRService"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
+        "--repository",
+        type=Path,
+        default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
         help="model repository to serve (env MODEL_REPOSITORY)",
     )
     parser.add_argument(
-        "--variant", default=os.environ.get("CXR_MSN_VARIANT"),
+        "--variant",
+        default=os.environ.get("CXR_MSN_VARIANT"),
         help="model variant (fp32, fp16, int8 ...); default: the manifest's default (env CXR_MSN_VARIANT)",
     )
     parser.add_argument(
-        "--backend", default=os.environ.get("CXR_MSN_BACKEND", "onnxruntime"),
+        "--backend",
+        default=os.environ.get("CXR_MSN_BACKEND", "onnxruntime"),
         choices=["onnxruntime", "triton-http", "triton-grpc"],
         help="run the model in-process with ONNX Runtime, or on a Triton server (env CXR_MSN_BACKEND)",
     )
     parser.add_argument(
-        "--triton-url", default=os.environ.get("CXR_MSN_TRITON_URL", "localhost:8000"),
+        "--triton-url",
+        default=os.environ.get("CXR_MSN_TRITON_URL", "localhost:8000"),
         help="Triton address, host:port of its HTTP or gRPC endpoint (env CXR_MSN_TRITON_URL)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)"
+    )
     parser.add_argument("--check-only", action="store_true", help="verify the repository and exit")
 
 

@@ -23,7 +23,7 @@ from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
 from serving.middleware import UploadLimitMiddleware
-from serving.predictor import PreparedImage, Predictor
+from serving.predictor import Predictor, PreparedImage
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
 
 LOGGER = logging.getLogger("cxr_msn.serving")
@@ -52,8 +52,11 @@ class CXRService:
         self.batcher.on_batch = self.metrics.observe_batch
         LOGGER.info(
             "serving %s %s (%s, sha256 %s...) with %s",
-            self.predictor.manifest.name, self.predictor.variant, self.predictor.manifest.architecture,
-            self.predictor.model_file.sha256[:12], self.predictor.backend.description,
+            self.predictor.manifest.name,
+            self.predictor.variant,
+            self.predictor.manifest.architecture,
+            self.predictor.model_file.sha256[:12],
+            self.predictor.backend.description,
         )
 
     @bentoml.api(route="/predict")
@@ -137,4 +140,5 @@ async def model_card() -> dict[str, Any]:
     return card
 
 
-CXRService.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)
+_service: Any = CXRService  # the bentoml.Service object the decorators made of the class
+_service.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.helpers import SHARED_DATA, chest_like_picture, dicom_bytes, make_dataset, make_dicom, to_jpeg, to_png
+from tests.helpers import (
+    SHARED_DATA,
+    chest_like_picture,
+    dicom_bytes,
+    make_dataset,
+    make_dicom,
+    to_jpeg,
+    to_png,
+)
 
 PICTURE = chest_like_picture(64, 64)
 
@@ -90,7 +98,12 @@ def bad_inputs() -> list[tuple[str, bytes, int, str]]:
         ("dicom_float", _float_dicom(), 422, "float_pixel_data"),
         ("dicom_no_pixels", _dicom_variant(PixelData=None), 422, "no_pixel_data"),
         ("dicom_rows_zero", _dicom_variant(Rows=0), 422, "image_too_small"),
-        ("dicom_short_pixels", _dicom_variant(PixelData=PICTURE.tobytes()[:500]), 400, "pixel_data_truncated"),
+        (
+            "dicom_short_pixels",
+            _dicom_variant(PixelData=PICTURE.tobytes()[:500]),
+            400,
+            "pixel_data_truncated",
+        ),
         ("dicom_huge_header", _dicom_variant(Rows=50000, Columns=50000), 413, "image_too_large"),
         ("dicom_wrong_syntax", _wrong_transfer_syntax(), 400, "corrupt_input"),
         ("dicom_blank", make_dicom(np.full((64, 64), 9, dtype=np.uint8)), 422, "blank_image"),

@@ -56,7 +56,11 @@ def start_server(repository: Path, log_path: Path, **env: str) -> RunningServer:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(bentoml), "serve", "serving.service:CXRService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 90

@@ -8,6 +8,7 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,7 +39,7 @@ def direct_probabilities(repository: Path, data: bytes) -> np.ndarray:
     return probabilities
 
 
-def assert_good_result(body: dict, fmt: str) -> None:  # type: ignore[type-arg]
+def assert_good_result(body: dict[str, Any], fmt: str) -> None:
     assert body["labels"] == list(LABELS)
     assert set(body["probabilities"]) == set(LABELS)
     assert all(0.0 < p < 1.0 for p in body["probabilities"].values())
@@ -49,7 +50,9 @@ def assert_good_result(body: dict, fmt: str) -> None:  # type: ignore[type-arg]
     assert body["model"]["sha256"] and body["model"]["variant"] == "fp32"
 
 
-def test_png_prediction_matches_onnx_runtime_run_directly(client: httpx.Client, model_repository: Path) -> None:
+def test_png_prediction_matches_onnx_runtime_run_directly(
+    client: httpx.Client, model_repository: Path
+) -> None:
     data = to_png(PICTURE)
     response = post(client, data)
     assert response.status_code == 200, response.text
@@ -75,10 +78,16 @@ def test_png_and_dicom_of_one_picture_give_the_same_probabilities(client: httpx.
         assert abs(png["probabilities"][label] - dicom["probabilities"][label]) <= 1e-3
 
 
-def test_patient_identifiers_never_reach_responses_or_logs(client: httpx.Client, server: RunningServer) -> None:
+def test_patient_identifiers_never_reach_responses_or_logs(
+    client: httpx.Client, server: RunningServer
+) -> None:
     data = make_dicom(
-        PICTURE, PatientName=f"{MARKER}^NAME", PatientID=MARKER, PatientBirthDate="19010101",
-        AccessionNumber=MARKER, InstitutionName=MARKER,
+        PICTURE,
+        PatientName=f"{MARKER}^NAME",
+        PatientID=MARKER,
+        PatientBirthDate="19010101",
+        AccessionNumber=MARKER,
+        InstitutionName=MARKER,
     )
     good = post(client, data, name=f"{MARKER}.dcm", overlay="true")
     bad = post(client, data[:-300], name=f"{MARKER}.dcm")
@@ -126,11 +135,12 @@ def test_sixteen_concurrent_requests_are_all_answered_correctly(
 ) -> None:
     pictures = [to_png(chest_like_picture(128, 128, seed=seed)) for seed in range(16)]
 
-    def predict(data: bytes) -> dict:  # type: ignore[type-arg]
+    def predict(data: bytes) -> dict[str, Any]:
         with httpx.Client(base_url=str(client.base_url), timeout=120) as own:
             response = post(own, data)
             assert response.status_code == 200, response.text
-            return response.json()  # type: ignore[no-any-return]
+            body: dict[str, Any] = response.json()
+            return body
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         bodies = list(pool.map(predict, pictures))
@@ -194,13 +204,17 @@ def _shared_files() -> list[tuple[Path, int]]:
     if manifest.is_file():
         with manifest.open(newline="") as handle:
             for row in csv.DictReader(handle):
-                files.append((SHARED_DATA / "dicom" / row["file"], 200 if row["expected_to_decode"] == "yes" else 400))
+                files.append(
+                    (SHARED_DATA / "dicom" / row["file"], 200 if row["expected_to_decode"] == "yes" else 400)
+                )
     files += [(path, 200) for path in sorted((SHARED_DATA / "png").glob("*.png"))]
     return files
 
 
 @requires_shared_data
-@pytest.mark.parametrize(("path", "status"), _shared_files(), ids=lambda value: getattr(value, "name", str(value)))
+@pytest.mark.parametrize(
+    ("path", "status"), _shared_files(), ids=lambda value: getattr(value, "name", str(value))
+)
 def test_every_shared_file(client: httpx.Client, path: Path, status: int) -> None:
     response = post(client, path.read_bytes())
     assert response.status_code == status, response.text
