@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from serving.preflight import preflight
+
 HELP = "verify the model repository and serve it over HTTP with BentoML"
 SERVICE = "serving.service:CXRService"
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.variant:
         env["CXR_MSN_VARIANT"] = args.variant
-    problem = preflight(args.repository, args.variant, args.backend)
+    problem = preflight(args.repository, args.variant, args.backend)  # also run at service import
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
         return 2
@@ -66,29 +68,3 @@ def run(args: argparse.Namespace) -> int:
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", SERVICE, "--host", args.host, "--port", str(args.port)]
     os.execvpe(command[0], command, env)
-
-
-def preflight(repository: Path, variant: str | None, backend: str) -> str | None:
-    """None if the repository can be served, else one sentence saying why not."""
-    from cxrmsn.repository import RepositoryError, read_manifest, verified_model_path
-
-    if not (repository / "manifest.json").is_file():
-        return (
-            f"no model in {repository}/ (no manifest.json). No trained model is bundled yet; "
-            "export one with `cxr-msn export CHECKPOINT --out DIR` and set MODEL_REPOSITORY=DIR. "
-            "Refusing to serve random weights."
-        )
-    try:
-        manifest = read_manifest(repository)
-        path = verified_model_path(repository, manifest, variant)
-    except RepositoryError as error:
-        return f"refusing to serve {repository}: {error}"
-    if backend != "onnxruntime":
-        return None
-    import onnxruntime as ort
-
-    try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for invalid graphs
-        return f"refusing to serve {path}: ONNX Runtime cannot load it ({type(error).__name__})"
-    return None

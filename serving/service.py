@@ -24,10 +24,16 @@ from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
 from serving.middleware import UploadLimitMiddleware
 from serving.predictor import Predictor, PreparedImage
+from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
 
 LOGGER = logging.getLogger("cxr_msn.serving")
 CONFIG = ServingConfig.from_env()
+# Checked when `bentoml serve` (or `bentoml build`) imports this module, so a missing or
+# tampered model stops the server with one message instead of a worker restart loop.
+_PROBLEM = preflight(CONFIG.model_repository, CONFIG.variant, CONFIG.backend)
+if _PROBLEM:
+    raise SystemExit(f"cxr-msn: {_PROBLEM}")
 
 model_api = FastAPI(title="cxr-msn model information", version="1")
 

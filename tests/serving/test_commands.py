@@ -156,3 +156,22 @@ def test_bentoml_build_succeeds_offline(model_repository: Path, tmp_path: Path) 
     ).is_file()
     requirements = (bento_dirs[0] / "env" / "python" / "requirements.txt").read_text()
     assert "torch==" not in requirements and "onnxruntime==" in requirements
+
+
+def test_bentoml_serve_itself_refuses_a_tampered_model(model_repository: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "repository"
+    shutil.copytree(model_repository, copy)
+    with (copy / "cxr_msn" / "1" / "model.onnx").open("ab") as handle:
+        handle.write(b"\x00")
+    result = subprocess.run(
+        [str(BIN / "bentoml"), "serve", "serving.service:CXRService", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env={**os.environ, "MODEL_REPOSITORY": str(copy), "BENTOML_HOME": str(tmp_path / "home")},
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "cxr-msn: refusing to serve" in output and "truncated or replaced" in output
+    assert "Traceback" not in output
