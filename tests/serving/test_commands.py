@@ -111,14 +111,19 @@ def test_serve_check_passes_for_a_good_repository(model_repository: Path) -> Non
     assert result.returncode == 0, result.stderr
 
 
-def test_serving_imports_no_torch() -> None:
+def test_serving_imports_no_torch(model_repository: Path) -> None:
     code = (
         "import sys, serving.service, serving.predict_command, serving.serve_command; "
         "bad = [m for m in ('torch', 'timm', 'torchvision') if m in sys.modules]; "
         "sys.exit(f'serving imported {bad}') if bad else None"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={**os.environ, "MODEL_REPOSITORY": str(model_repository)},
     )
     assert result.returncode == 0, result.stderr
     pins = (REPO_ROOT / "requirements" / "serve.txt").read_text()
