@@ -1,0 +1,205 @@
+"""Static EHR features by name, their encoding, and the imputer for missing values.
+
+Encodings (the paper's Table 1):
+
+========== ============================== ======================================
+feature    columns                        encoding
+========== ============================== ======================================
+age        age                            (age - age_min) / (age_max - age_min)
+sex        sex_M, sex_F                   one-hot
+view       view_AP/PA/LATERAL/LL          one-hot
+position   position_erect/recumbent       one-hot
+icu        icu                            0 / 1
+mortality  mortality                      0 / 1
+========== ============================== ======================================
+
+Groups: ``D`` = age + sex, ``SM`` = view + position, ``SI`` = icu + mortality, ``all``.
+An unknown value makes all of its feature's columns missing (NaN); the missing values are
+filled by scikit-learn's IterativeImputer around a random forest, fitted on training-split
+rows only and saved with the run (``EHRPipeline.save``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data.manifest import POSITIONS, SEXES, VIEWS, ManifestRow
+
+log = logging.getLogger(__name__)
+
+FEATURES: dict[str, tuple[str, ...]] = {
+    "age": ("age",),
+    "sex": tuple(f"sex_{s}" for s in SEXES),
+    "view": tuple(f"view_{v}" for v in VIEWS),
+    "position": tuple(f"position_{p}" for p in POSITIONS),
+    "icu": ("icu",),
+    "mortality": ("mortality",),
+}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "D": ("age", "sex"),
+    "SM": ("view", "position"),
+    "SI": ("icu", "mortality"),
+    "all": tuple(FEATURES),
+}
+
+
+def resolve_features(names: Iterable[str]) -> tuple[str, ...]:
+    """Feature and group names -> distinct feature names in the canonical order."""
+    chosen: set[str] = set()
+    for name in names:
+        if name in GROUPS:
+            chosen.update(GROUPS[name])
+        elif name in FEATURES:
+            chosen.add(name)
+        else:
+            raise ValueError(
+                f"unknown EHR feature {name!r}; features: {sorted(FEATURES)}, groups: {sorted(GROUPS)}"
+            )
+    return tuple(f for f in FEATURES if f in chosen)
+
+
+def encoded_columns(features: Sequence[str]) -> tuple[str, ...]:
+    return tuple(column for feature in features for column in FEATURES[feature])
+
+
+def encode(
+    rows: Sequence[ManifestRow], features: Sequence[str], *, age_min: float, age_max: float
+) -> np.ndarray:
+    """[len(rows), n columns] float64, NaN where a value is unknown."""
+    blocks = [_encode_feature(rows, f, age_min=age_min, age_max=age_max) for f in features]
+    if not blocks:
+        return np.zeros((len(rows), 0))
+    return np.concatenate(blocks, axis=1)
+
+
+def _encode_feature(
+    rows: Sequence[ManifestRow], feature: str, *, age_min: float, age_max: float
+) -> np.ndarray:
+    if feature == "age":
+        ages = [np.nan if r.age is None else (r.age - age_min) / (age_max - age_min) for r in rows]
+        return np.asarray(ages, dtype=np.float64)[:, None]
+    if feature in ("icu", "mortality"):
+        values = [getattr(r, feature) for r in rows]
+        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)[:, None]
+    vocabulary = {"sex": SEXES, "view": VIEWS, "position": POSITIONS}[feature]
+    return np.stack([_one_hot(getattr(r, feature), vocabulary) for r in rows]).reshape(
+        len(rows), len(vocabulary)
+    )
+
+
+def _one_hot(value: str, vocabulary: tuple[str, ...]) -> np.ndarray:
+    if value == "":
+        return np.full(len(vocabulary), np.nan)
+    return np.asarray([1.0 if value == item else 0.0 for item in vocabulary])
+
+
+@dataclass
+class EHRPipeline:
+    """Encoding + imputation of the chosen features; ``imputer`` is None when nothing was missing."""
+
+    features: tuple[str, ...]
+    age_min: float
+    age_max: float
+    imputer: Any = None
+    fit_summary: dict[str, Any] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return encoded_columns(self.features)
+
+    @classmethod
+    def fit(
+        cls,
+        train_rows: Sequence[ManifestRow],
+        features: Sequence[str],
+        *,
+        age_min: float,
+        age_max: float,
+        trees: int,
+        max_iter: int,
+        fit_rows: int,
+        seed: int,
+    ) -> EHRPipeline:
+        """Fit the imputer on ``train_rows`` (the training split, never valid or test)."""
+        if any(row.split != "train" for row in train_rows):
+            raise ValueError("the EHR imputer must be fitted on training-split rows only")
+        pipeline = cls(tuple(features), age_min, age_max)
+        matrix = encode(train_rows, pipeline.features, age_min=age_min, age_max=age_max)
+        if len(matrix) > fit_rows:
+            matrix = matrix[np.random.default_rng(seed).choice(len(matrix), fit_rows, replace=False)]
+        pipeline.fit_summary = _missing_summary(matrix, pipeline.columns)
+        if matrix.size and np.isnan(matrix).any():
+            pipeline.imputer = _make_imputer(trees=trees, max_iter=max_iter, seed=seed).fit(matrix)
+        return pipeline
+
+    def transform(self, rows: Sequence[ManifestRow]) -> np.ndarray:
+        """[len(rows), n] float32 with no missing values."""
+        matrix = encode(rows, self.features, age_min=self.age_min, age_max=self.age_max)
+        if self.imputer is not None and np.isnan(matrix).any():
+            matrix = self.imputer.transform(matrix)
+        if np.isnan(matrix).any():
+            raise ValueError(
+                "EHR values are missing but the imputer saw no missing values at fit time: "
+                "refit it on training rows that include missing values"
+            )
+        return matrix.astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        import joblib
+
+        from cxrmsn.fileio import atomic_write_text
+
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.imputer, folder / "imputer.joblib")
+        atomic_write_text(folder / "encoding.json", json.dumps(self._description(), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> EHRPipeline:
+        """Load what ``save`` wrote (a joblib pickle: only load files your own runs wrote)."""
+        import joblib
+
+        description = json.loads((folder / "encoding.json").read_text())
+        return cls(
+            features=tuple(description["features"]),
+            age_min=float(description["age_min"]),
+            age_max=float(description["age_max"]),
+            imputer=joblib.load(folder / "imputer.joblib"),
+            fit_summary=description["fit_summary"],
+        )
+
+    def _description(self) -> dict[str, Any]:
+        import sklearn
+
+        return {
+            "features": list(self.features),
+            "columns": list(self.columns),
+            "age_min": self.age_min,
+            "age_max": self.age_max,
+            "imputer": None if self.imputer is None else repr(self.imputer),
+            "sklearn_version": sklearn.__version__,
+            "fit_summary": self.fit_summary,
+        }
+
+
+def _make_imputer(*, trees: int, max_iter: int, seed: int) -> Any:
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    forest = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=1)
+    return IterativeImputer(estimator=forest, max_iter=max_iter, random_state=seed, keep_empty_features=True)
+
+
+def _missing_summary(matrix: np.ndarray, columns: tuple[str, ...]) -> dict[str, Any]:
+    missing = np.isnan(matrix).mean(axis=0) if len(matrix) else np.zeros(len(columns))
+    return {
+        "rows": len(matrix),
+        "missing_fraction": {c: round(float(m), 4) for c, m in zip(columns, missing, strict=True)},
+    }

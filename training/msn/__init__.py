@@ -1,0 +1,1 @@
+"""The multimodal MSN method: views, masking, loss, EMA target, projection head, EHR branch."""

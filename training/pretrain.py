@@ -1,0 +1,419 @@
+"""The MSN pretraining loop: epochs, logs, checkpoints, resume, early stopping, DDP.
+
+Run folder (``out``)::
+
+    config.json                   the resolved config
+    version.json                  git describe/commit, package versions, world size, device
+    manifest.csv                  only when built here (data.source=shared)
+    ehr/                          the fitted imputer and the encoding (with EHR features)
+    metrics.csv                   one row per epoch
+    steps.csv                     one row every train.log_every steps
+    tensorboard/                  the same scalars for TensorBoard
+    train.log                     the log of rank 0
+    checkpoints/state.pt          everything needed to resume, written atomically every epoch
+    checkpoints/encoder.safetensors   the EMA target encoder in the core format (kind "encoder")
+    summary.json                  written at the end: losses, throughput, memory, rank digests
+
+Seeding: torch's generator is seeded with ``train.seed`` before the networks are built,
+and with (seed, epoch, rank) at the start of every epoch, so a resumed run repeats the
+interrupted epoch exactly as an uninterrupted run would have run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
+from cxrmsn.fileio import atomic_write_bytes
+from cxrmsn.preprocess import PreprocessConfig
+from training.config import PretrainConfig, from_dict, to_dict
+from training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum_,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+)
+from training.early_stopping import EarlyStopping
+from training.ehr import resolve_features
+from training.pretrain_data import PretrainData, prepare_data
+from training.run_folder import CsvLog, code_version, peak_memory_mb, write_json
+from training.train_step import TrainParts, build_parts, train_step
+
+log = logging.getLogger(__name__)
+
+EPOCH_COLUMNS = (
+    "epoch", "loss", "cross_entropy", "mean_entropy", "lr", "momentum", "steps", "images",
+    "seconds", "images_per_s", "peak_rss_mb", "peak_cuda_mb", "best_loss", "bad_epochs",
+)  # fmt: skip
+STEP_COLUMNS = (
+    "epoch", "step", "loss", "cross_entropy", "mean_entropy", "lr", "weight_decay", "momentum",
+    "target_max", "distinct_targets",
+)  # fmt: skip
+
+
+@dataclass
+class RunState:
+    """What survives between epochs (and a kill): saved in checkpoints/state.pt."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    finished: str = ""  # why training ended ("epochs", "early_stopping"), empty while running
+
+
+def pretrain(config: PretrainConfig, out: Path) -> dict[str, Any]:
+    """Pretrain into a new run folder ``out``; returns the summary also written to summary.json."""
+    if (out / "config.json").is_file():
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return _run(config, out, new=True)
+
+
+def resume(out: Path) -> dict[str, Any]:
+    """Continue the run in ``out`` from its last checkpoint, with its own config.json."""
+    config_file = out / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"cannot resume: {config_file} does not exist")
+    return _run(from_dict(json.loads(config_file.read_text())), out, new=False)
+
+
+def _run(config: PretrainConfig, out: Path, *, new: bool) -> dict[str, Any]:
+    dist_info = init_distributed(config.train.device)
+    if new:
+        _create_run_folder(config, out, dist_info)
+    handler = _setup_logging(out, dist_info)
+    try:
+        return _pretrain(config, out, dist_info)
+    finally:
+        if handler is not None:
+            logging.getLogger("training").removeHandler(handler)
+            handler.close()
+
+
+def _pretrain(config: PretrainConfig, out: Path, dist_info: DistInfo) -> dict[str, Any]:
+    torch.manual_seed(config.train.seed)
+    data = prepare_data(config, out, dist_info)
+    loader, sampler = make_loader(data, config, dist_info)
+    steps_per_epoch = _steps_per_epoch(loader, config)
+    parts = build_parts(
+        config, ehr_dim=data.dataset.ehr_dim, steps_per_epoch=steps_per_epoch, dist_info=dist_info
+    )
+    state = RunState(stopping=EarlyStopping(config.train.patience, config.train.min_delta))
+    if (out / "checkpoints" / "state.pt").is_file():
+        state = load_state(out / "checkpoints" / "state.pt", parts)
+        log.info("resuming after epoch %d", state.epoch)
+    logs = _open_logs(out, state, dist_info, steps_per_epoch)
+    log.info(
+        "pretraining %s on %d images (%s), %d steps per epoch, world size %d, device %s",
+        config.name, len(data.rows), data.summary["datasets"], steps_per_epoch, dist_info.world_size,
+        dist_info.device,
+    )  # fmt: skip
+    while not state.finished:
+        stop = run_epoch(parts, loader, sampler, state, logs, dist_info, steps_per_epoch)
+        if state.epoch >= config.train.epochs or stop:
+            state.finished = "early_stopping" if stop and state.epoch < config.train.epochs else "epochs"
+        save_epoch(out, parts, state, data, dist_info)
+    return _finish(out, parts, state, data, dist_info, logs)
+
+
+def make_loader(
+    data: PretrainData, config: PretrainConfig, dist_info: DistInfo
+) -> tuple[DataLoader[dict[str, torch.Tensor]], DistributedSampler[int]]:
+    """Shuffled, seeded per epoch, split over the ranks; incomplete batches are dropped."""
+    per_rank, remainder = divmod(config.train.batch_size, dist_info.world_size)
+    if remainder or per_rank < 2:
+        raise ValueError(
+            f"train.batch_size {config.train.batch_size} must split evenly into >= 2 images per rank "
+            f"over {dist_info.world_size} ranks (BatchNorm needs 2)"
+        )
+    if len(data.dataset) < config.train.batch_size:
+        raise ValueError(f"{len(data.dataset)} images are fewer than one batch of {config.train.batch_size}")
+    sampler: DistributedSampler[int] = DistributedSampler(
+        data.dataset,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+        shuffle=True,
+        seed=config.train.seed,
+        drop_last=True,
+    )
+    loader = DataLoader(
+        data.dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        pin_memory=dist_info.device.type == "cuda",
+        drop_last=True,
+    )
+    return loader, sampler
+
+
+def _steps_per_epoch(loader: DataLoader[dict[str, torch.Tensor]], config: PretrainConfig) -> int:
+    steps = len(loader)
+    if config.train.max_steps_per_epoch:
+        steps = min(steps, config.train.max_steps_per_epoch)
+    return steps
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def run_epoch(
+    parts: TrainParts,
+    loader: DataLoader[dict[str, torch.Tensor]],
+    sampler: DistributedSampler[int],
+    state: RunState,
+    logs: dict[str, Any],
+    dist_info: DistInfo,
+    steps_per_epoch: int,
+) -> bool:
+    """Train one epoch; records it in ``state``; True when early stopping says stop."""
+    config, epoch = parts.config, state.epoch
+    torch.manual_seed(epoch_seed(config.train.seed, epoch, dist_info.rank))
+    sampler.set_epoch(epoch)
+    parts.model.train()
+    if dist_info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dist_info.device)
+    totals = torch.zeros(4, dtype=torch.float64)  # loss, cross-entropy, mean entropy, steps
+    started = time.perf_counter()
+    stats: dict[str, float] = {}
+    for index, batch in enumerate(_progress(loader, steps_per_epoch, epoch, dist_info, config)):
+        if index >= steps_per_epoch:
+            break
+        step = epoch * steps_per_epoch + index
+        stats = train_step(parts, batch, step)
+        totals += torch.tensor(
+            [stats["loss"], stats["cross_entropy"], stats["mean_entropy"], 1.0], dtype=torch.float64
+        )
+        if dist_info.is_main and (step % config.train.log_every == 0 or index == steps_per_epoch - 1):
+            _log_step(logs, epoch, step, stats)
+    seconds = time.perf_counter() - started
+    all_reduce_sum_(totals)
+    loss, cross_entropy, mean_entropy = (totals[:3] / totals[3]).tolist()
+    patience_exhausted = state.stopping.update(loss, epoch)
+    images = int(totals[3]) // dist_info.world_size * config.train.batch_size
+    record = {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "cross_entropy": cross_entropy,
+        "mean_entropy": mean_entropy,
+        "lr": stats.get("lr", 0.0),
+        "momentum": stats.get("momentum", 0.0),
+        "steps": steps_per_epoch,
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 2),
+        "peak_cuda_mb": _peak_cuda_mb(dist_info),
+        "best_loss": state.stopping.best,
+        "bad_epochs": state.stopping.bad_epochs,
+        "peak_rss_mb": peak_memory_mb()["peak_rss_mb"],
+    }
+    state.history.append(record)
+    state.epoch += 1
+    if dist_info.is_main:
+        logs["epochs"].append(record)
+        last_step = (epoch + 1) * steps_per_epoch - 1
+        for name in ("loss", "cross_entropy", "mean_entropy", "images_per_s"):
+            logs["tensorboard"].add_scalar(f"epoch/{name}", record[name], last_step)
+        logs["tensorboard"].flush()
+        log.info("epoch %d: loss %.5f (%.1f images/s)", epoch + 1, loss, record["images_per_s"])
+    return config.train.early_stopping and patience_exhausted
+
+
+def _progress(
+    loader: DataLoader[dict[str, torch.Tensor]],
+    steps: int,
+    epoch: int,
+    dist_info: DistInfo,
+    config: PretrainConfig,
+) -> Any:
+    if not (config.train.progress and dist_info.is_main):
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(
+        loader, total=steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False, mininterval=2.0
+    )
+
+
+def _log_step(logs: dict[str, Any], epoch: int, step: int, stats: dict[str, float]) -> None:
+    logs["steps"].append({"epoch": epoch + 1, "step": step, **stats})
+    for name, value in stats.items():
+        logs["tensorboard"].add_scalar(f"step/{name}", value, step)
+
+
+def _peak_cuda_mb(dist_info: DistInfo) -> float:
+    if dist_info.device.type != "cuda":
+        return 0.0
+    return round(torch.cuda.max_memory_allocated(dist_info.device) / 2**20, 1)
+
+
+def save_epoch(
+    out: Path, parts: TrainParts, state: RunState, data: PretrainData, dist_info: DistInfo
+) -> None:
+    """Make buffers identical on every rank, then (rank 0) write the state and the encoder."""
+    broadcast_buffers(parts.anchor)
+    broadcast_buffers(parts.target)
+    if dist_info.is_main:
+        save_state(out / "checkpoints" / "state.pt", parts, state)
+        save_encoder(out / "checkpoints" / "encoder.safetensors", parts, state, data)
+        if parts.config.train.keep_epoch_encoders:
+            save_encoder(
+                out / "checkpoints" / f"encoder_epoch{state.epoch:03d}.safetensors", parts, state, data
+            )
+    barrier()
+
+
+def save_state(path: Path, parts: TrainParts, state: RunState) -> None:
+    payload = {
+        "epoch": state.epoch,
+        "history": state.history,
+        "stopping": state.stopping.state_dict(),
+        "finished": state.finished,
+        "anchor": parts.anchor.state_dict(),
+        "target": parts.target.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scaler": None if parts.scaler is None else parts.scaler.state_dict(),
+        "config": to_dict(parts.config),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: Path, parts: TrainParts) -> RunState:
+    payload = torch.load(path, map_location=parts.device, weights_only=True)
+    if from_dict(payload["config"]) != parts.config:
+        raise ValueError(f"{path} was written with another config than the run folder's config.json")
+    parts.anchor.load_state_dict(payload["anchor"], strict=True)
+    parts.target.load_state_dict(payload["target"], strict=True)
+    parts.optimizer.load_state_dict(payload["optimizer"])
+    if parts.scaler is not None and payload["scaler"] is not None:
+        parts.scaler.load_state_dict(payload["scaler"])
+    return RunState(
+        epoch=int(payload["epoch"]),
+        history=list(payload["history"]),
+        stopping=EarlyStopping.from_state(payload["stopping"]),
+        finished=str(payload["finished"]),
+    )
+
+
+def save_encoder(path: Path, parts: TrainParts, state: RunState, data: PretrainData) -> None:
+    """The EMA target encoder in the core checkpoint format (loadable into create_encoder(arch))."""
+    config = parts.config
+    size = config.views.target_size
+    last = state.history[-1] if state.history else {}
+    metadata = CheckpointMetadata(
+        architecture=config.model.arch,
+        kind="encoder",
+        preprocessing=PreprocessConfig(resize=size, crop=size).to_dict(),
+        training_data={
+            "summary": f"MSN pretraining (self-supervised, no labels) on {data.summary['images']} images of "
+            f"{', '.join(data.summary['datasets'])}; EHR features: "
+            f"{', '.join(resolve_features(config.ehr.features)) or 'none (vanilla MSN)'}",
+            **data.summary,
+        },
+        metrics={"epochs": state.epoch, "loss": last.get("loss"), "best_loss": state.stopping.best},
+        extra={
+            "method": "msn",
+            "weights": "EMA target encoder",
+            "config_name": config.name,
+            "ehr_features": list(resolve_features(config.ehr.features)),
+            "finished": state.finished,
+            "code_version": code_version()["git_describe"],
+        },
+    )
+    save_checkpoint(path, parts.target.encoder.state_dict(), metadata)
+
+
+def state_digest(parts: TrainParts) -> str:
+    """sha256 over every tensor of the anchor and target networks (same on every DDP rank)."""
+    digest = hashlib.sha256()
+    for module in (parts.anchor, parts.target):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finish(
+    out: Path,
+    parts: TrainParts,
+    state: RunState,
+    data: PretrainData,
+    dist_info: DistInfo,
+    logs: dict[str, Any],
+) -> dict[str, Any]:
+    digests = all_gather_objects(state_digest(parts))
+    summary = {
+        "config": parts.config.name,
+        "epochs": state.epoch,
+        "finished": state.finished,
+        "best_loss": state.stopping.best,
+        "best_epoch": state.stopping.best_epoch + 1,
+        "final_loss": state.history[-1]["loss"] if state.history else None,
+        "images_per_s": [h["images_per_s"] for h in state.history],
+        "world_size": dist_info.world_size,
+        "device": str(dist_info.device),
+        "rank_state_sha256": digests,
+        "ranks_identical": len(set(digests)) == 1,
+        "data": data.summary,
+        "encoder": str(out / "checkpoints" / "encoder.safetensors"),
+        **peak_memory_mb(),
+    }
+    if dist_info.is_main:
+        write_json(out / "summary.json", summary)
+        logs["tensorboard"].close()
+        log.info(
+            "finished (%s) after %d epochs; encoder: %s", state.finished, state.epoch, summary["encoder"]
+        )
+    barrier()
+    return summary
+
+
+def _create_run_folder(config: PretrainConfig, out: Path, dist_info: DistInfo) -> None:
+    barrier()  # every rank has seen the folder empty before rank 0 fills it
+    if dist_info.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", to_dict(config))
+        version = {**code_version(), "world_size": dist_info.world_size, "device": str(dist_info.device)}
+        write_json(out / "version.json", version)
+    barrier()
+
+
+def _setup_logging(out: Path, dist_info: DistInfo) -> logging.Handler | None:
+    """Rank 0 logs to train.log as well; the other ranks log warnings only."""
+    if not dist_info.is_main:
+        logging.getLogger("training").setLevel(logging.WARNING)
+        return None
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("training").addHandler(handler)
+    logging.getLogger("training").setLevel(logging.INFO)
+    return handler
+
+
+def _open_logs(out: Path, state: RunState, dist_info: DistInfo, steps_per_epoch: int) -> dict[str, Any]:
+    """CSV and TensorBoard logs, cut back to the last checkpoint when resuming (rank 0 only)."""
+    if not dist_info.is_main:
+        return {}
+    from torch.utils.tensorboard import SummaryWriter
+
+    epochs = CsvLog(out / "metrics.csv", EPOCH_COLUMNS)
+    steps = CsvLog(out / "steps.csv", STEP_COLUMNS)
+    epochs.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
+    steps.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=state.epoch * steps_per_epoch or None)
+    return {"epochs": epochs, "steps": steps, "tensorboard": writer}

@@ -1,0 +1,133 @@
+"""From a config to the pretraining data set: manifest, rows, EHR pipeline, image cache.
+
+Rank 0 builds what is shared (the manifest for ``data.source=shared``, the EHR imputer,
+the image cache) and writes it to the run folder or the cache folder; the other ranks
+wait for it and read it, so every rank trains on exactly the same arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import PretrainConfig
+from training.data.cache import load_or_build_cache
+from training.data.dataset import PretrainDataset
+from training.data.manifest import ManifestRow, read_manifest, resolve_image_path, write_manifest
+from training.distributed import DistInfo, barrier
+from training.ehr import EHRPipeline, resolve_features
+from training.msn.views import MultiViewTransform
+
+log = logging.getLogger(__name__)
+CACHE_WAIT_S = 24 * 3600.0
+
+
+@dataclass
+class PretrainData:
+    dataset: PretrainDataset
+    rows: list[ManifestRow]  # the rows trained on, in dataset order
+    manifest: Path
+    ehr: EHRPipeline | None
+    summary: dict[str, Any]
+
+
+def prepare_data(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> PretrainData:
+    manifest = manifest_path(config, run_dir, dist_info)
+    all_rows = read_manifest(manifest)
+    rows = select_rows(all_rows, config)
+    ehr = _ehr_pipeline(config, all_rows, run_dir, dist_info)
+    paths = [resolve_image_path(manifest, row) for row in rows]
+    cache = load_or_build_cache(
+        paths,
+        config.data.cache_size,
+        Path(config.data.cache_dir).expanduser(),
+        workers=config.data.cache_workers,
+        build=dist_info.is_main,
+        wait_s=CACHE_WAIT_S,
+    )
+    usable = cache.usable
+    rows = [rows[i] for i in usable]
+    features = None if ehr is None else ehr.transform(rows)
+    dataset = PretrainDataset(cache.images, usable, MultiViewTransform(config.views), features)
+    summary = data_summary(manifest, rows, failed=len(cache.failed))
+    return PretrainData(dataset=dataset, rows=rows, manifest=manifest, ehr=ehr, summary=summary)
+
+
+def manifest_path(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> Path:
+    """``data.manifest``, or (``data.source=shared``) a manifest built once into the run folder."""
+    if config.data.source == "manifest":
+        if not config.data.manifest:
+            raise ValueError("data.manifest is empty: pass --manifest PATH (or --set data.source=shared)")
+        path = Path(config.data.manifest).expanduser()
+        if not path.is_file():
+            raise ValueError(f"data.manifest {path} does not exist (build one with `build-manifest`)")
+        return path
+    path = run_dir / "manifest.csv"
+    if dist_info.is_main and not path.is_file():
+        from training.data.shared import build_shared
+
+        root = Path(config.data.shared_root).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"data.shared_root {root} is not a folder")
+        write_manifest(path, build_shared(root, seed=config.train.seed))
+    barrier()
+    return path
+
+
+def select_rows(rows: list[ManifestRow], config: PretrainConfig) -> list[ManifestRow]:
+    """Rows of the chosen splits and data sets, then a seeded subset of ``max_images``."""
+    data = config.data
+    chosen = [r for r in rows if r.split in data.splits and (not data.datasets or r.dataset in data.datasets)]
+    if not chosen:
+        raise ValueError(f"no manifest rows in splits {data.splits} and data sets {data.datasets or 'any'}")
+    if 0 < data.max_images < len(chosen):
+        picked = np.random.default_rng(config.train.seed).choice(len(chosen), data.max_images, replace=False)
+        chosen = [chosen[i] for i in sorted(picked)]
+    return chosen
+
+
+def _ehr_pipeline(
+    config: PretrainConfig, all_rows: list[ManifestRow], run_dir: Path, dist_info: DistInfo
+) -> EHRPipeline | None:
+    features = resolve_features(config.ehr.features)
+    if not features:
+        return None
+    folder = run_dir / "ehr"
+    if dist_info.is_main and not (folder / "encoding.json").is_file():
+        datasets = config.data.datasets
+        train_rows = [r for r in all_rows if r.split == "train" and (not datasets or r.dataset in datasets)]
+        pipeline = EHRPipeline.fit(
+            train_rows,
+            features,
+            age_min=config.ehr.age_min,
+            age_max=config.ehr.age_max,
+            trees=config.ehr.imputer_trees,
+            max_iter=config.ehr.imputer_max_iter,
+            fit_rows=config.ehr.imputer_fit_rows,
+            seed=config.train.seed,
+        )
+        pipeline.save(folder)
+        log.info("EHR imputer fitted on %d training rows: %s", len(train_rows), pipeline.fit_summary)
+    barrier()
+    pipeline = EHRPipeline.load(folder)
+    if pipeline.features != features:
+        raise ValueError(f"{folder} holds an imputer for {pipeline.features}, the config asks for {features}")
+    return pipeline
+
+
+def data_summary(manifest: Path, rows: list[ManifestRow], *, failed: int) -> dict[str, Any]:
+    return {
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "images": len(rows),
+        "patients": len({(r.dataset, r.patient_id) for r in rows}),
+        "undecodable_images_skipped": failed,
+        "datasets": dict(sorted(Counter(r.dataset for r in rows).items())),
+        "splits": dict(sorted(Counter(r.split for r in rows).items())),
+    }
