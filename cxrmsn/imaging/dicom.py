@@ -71,7 +71,7 @@ def _read_dataset(data: bytes) -> Dataset:
 def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise NotSingleGreyImageError("float pixel data is not a radiograph", code="float_pixel_data")
-    if "PixelData" not in ds:
+    if "PixelData" not in ds or not ds.PixelData:
         raise NotSingleGreyImageError(
             "the DICOM file has no pixel data (a report, a presentation state, or a truncated file?)",
             code="no_pixel_data",
