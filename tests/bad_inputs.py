@@ -5,6 +5,7 @@ Used by the serving tests; `python -m tests.bad_inputs DIR` writes the files to 
 
 from __future__ import annotations
 
+import gzip
 import io
 import sys
 import zipfile
@@ -76,6 +77,53 @@ def _wrong_transfer_syntax() -> bytes:
     return data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00", 1)
 
 
+def _png_with_bad_crc() -> bytes:
+    data = bytearray(to_png(PICTURE))
+    idat = data.index(b"IDAT")
+    data[idat + 20] ^= 0xFF  # inside the compressed stream: CRC and zlib both fail
+    return bytes(data)
+
+
+def _png_zero_width() -> bytes:
+    data = bytearray(to_png(PICTURE))
+    data[16:20] = b"\x00\x00\x00\x00"  # IHDR width
+    return bytes(data)
+
+
+def _palette_dicom() -> bytes:
+    return _dicom_variant(PhotometricInterpretation="PALETTE COLOR")
+
+
+def _encapsulated_garbage() -> bytes:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = make_dataset(PICTURE)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + b"garbage" * 40])
+    ds["PixelData"].VR = "OB"
+    return dicom_bytes(ds)
+
+
+def _structured_report() -> bytes:
+    ds = make_dataset(PICTURE, modality="SR")
+    del ds.PixelData
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    return dicom_bytes(ds)
+
+
+def _empty_voi_lut() -> bytes:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.LUTDescriptor = [0, 0, 8]
+    item.add_new((0x0028, 0x3006), "US", [])
+    return _dicom_variant(VOILUTSequence=Sequence([item]))
+
+
 def bad_inputs() -> list[tuple[str, bytes, int, str]]:
     """(name, bytes, HTTP status, error code) for every bad upload the service must refuse.
 
@@ -113,8 +161,24 @@ def bad_inputs() -> list[tuple[str, bytes, int, str]]:
         ("png_1x1", to_png(np.zeros((1, 1), dtype=np.uint8)), 422, "image_too_small"),
         ("png_elongated", to_png(np.tile(PICTURE[:20], (1, 20))), 422, "bad_aspect_ratio"),
         ("png16_one_value", to_png(np.full((64, 64), 4000, dtype=np.uint16)), 422, "blank_image"),
+        ("png_15px", to_png(PICTURE[:15, :15]), 422, "image_too_small"),
+        ("png_tall", to_png(np.tile(PICTURE[:, :16], (6, 1))), 422, "bad_aspect_ratio"),
+        ("png_bad_crc", _png_with_bad_crc(), 400, "corrupt_input"),
+        ("png_zero_width", _png_zero_width(), 400, "corrupt_input"),
+        ("jpeg_soi_only", b"\xff\xd8\xff\xe0\x00\x10JFIF", 400, "corrupt_input"),
+        ("bmp", _pil_bytes(Image.fromarray(PICTURE), "BMP"), 415, "unsupported_format"),
+        ("webp", _pil_bytes(Image.fromarray(PICTURE), "WEBP"), 415, "unsupported_format"),
+        ("pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", 415, "unsupported_format"),
+        ("gzip", gzip.compress(to_png(PICTURE)), 415, "unsupported_format"),
+        ("json_as_dcm", b'{"PatientName": "x", "Rows": 512}', 415, "unsupported_format"),
+        ("bare_jpeg2000_codestream", b"\xff\x4f\xff\x51" + b"\x00" * 60, 415, "unsupported_format"),
+        ("dicm_marker_only", b"\x00" * 128 + b"DICM", 400, "corrupt_input"),
+        ("dicom_palette_colour", _palette_dicom(), 422, "not_greyscale"),
+        ("dicom_encapsulated_garbage", _encapsulated_garbage(), 400, "corrupt_input"),
+        ("dicom_structured_report", _structured_report(), 422, "no_pixel_data"),
+        ("dicom_empty_voi_lut", _empty_voi_lut(), 400, "corrupt_input"),
     ]
-    for fraction in (0.02, 0.1, 0.5, 0.9):
+    for fraction in (0.02, 0.1, 0.3, 0.5, 0.75, 0.9):
         cut = good_dicom[: int(len(good_dicom) * fraction)]
         # Cut inside the header: not recognisable; later: truncated or missing pixel data.
         status, code = (415, "unsupported_format") if len(cut) < 132 else (0, "")

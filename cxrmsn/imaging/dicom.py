@@ -173,6 +173,8 @@ def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _lut_entries(data: object) -> np.ndarray:
+    if data is None:
+        return np.zeros(0)
     if isinstance(data, bytes):  # OW: 16-bit little-endian words
         return np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").astype(np.float64)
     entries = data if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else [data]
