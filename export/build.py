@@ -254,7 +254,7 @@ def _optimised_variant(
         base = np.median(time_session(cpu_session(fp32_path), images, repeats=10, warmup=2))
         fast = np.median(time_session(cpu_session(path), images, repeats=10, warmup=2))
         speedups[f"batch_{batch}"] = round(float(base / fast), 3)
-    kept = mode == "always" or min(speedups.values()) >= OPTIMISED_MIN_SPEEDUP
+    kept = keep_optimised(mode, speedups)
     decision = {
         "measured": True,
         "speedup_vs_fp32": speedups,
@@ -269,6 +269,11 @@ def _optimised_variant(
     check_onnx(path, context.interface, full_check=False)
     notes = {"optimisation": "onnxruntime ORT_ENABLE_EXTENDED, CPU execution provider only"} | decision
     return _model_file(context.staging, path, "fp32", notes | _compare(context, path)), decision
+
+
+def keep_optimised(mode: str, speedups: dict[str, float]) -> bool:
+    """``always``, or ``auto`` with at least OPTIMISED_MIN_SPEEDUP at every measured batch size."""
+    return mode == "always" or (mode == "auto" and min(speedups.values()) >= OPTIMISED_MIN_SPEEDUP)
 
 
 def _fp32_accuracy(context: _Context) -> dict[str, Any]:

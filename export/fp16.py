@@ -71,6 +71,7 @@ def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str
         op_block_list=list(FP32_OP_TYPES),
         node_block_list=out_of_range,
     )
+    removed = drop_cast_round_trips(converted.graph, {node.name for node in model.graph.node})
     topological_sort(converted.graph)
     notes = {
         "converter": "onnxruntime.transformers.float16.convert_float_to_float16, keep_io_types",
@@ -79,8 +80,52 @@ def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str
         "fp16_safe_limit": FP16_SAFE_LIMIT,
         "max_abs_activation_fp32": max(ranges.values(), default=0.0),
         "probe_images": len(probe_images),
+        "fp32_fp16_fp32_round_trips_removed": removed,
     }
     return converted, notes
+
+
+def drop_cast_round_trips(graph: Any, original_nodes: set[str]) -> int:
+    """Let fp32 nodes that feed fp32 nodes pass fp32 values straight through.
+
+    The converter casts every blocked node's output to fp16 and casts it back to fp32
+    for the next blocked node, so a value beyond fp16's range becomes inf in between.
+    Each inserted Cast-to-fp32 whose input comes from an inserted Cast-to-fp16 (whose
+    own input is therefore fp32) is removed, and its consumers read the fp32 tensor;
+    inserted Cast-to-fp16 nodes left unused are removed too. Nodes named in
+    ``original_nodes`` (the graph's own casts) are never touched. Returns the count.
+    """
+    import onnx
+
+    inserted = {
+        node.output[0]: node
+        for node in graph.node
+        if node.op_type == "Cast" and node.name not in original_nodes
+    }
+    rename = {}
+    for output, node in inserted.items():
+        source = inserted.get(node.input[0])
+        if (
+            source is not None
+            and _cast_target(node) == onnx.TensorProto.FLOAT
+            and _cast_target(source) == onnx.TensorProto.FLOAT16
+        ):
+            rename[output] = source.input[0]
+    rename = {old: new for old, new in rename.items() if old not in {o.name for o in graph.output}}
+    kept = [node for node in graph.node if not (node.op_type == "Cast" and node.output[0] in rename)]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+    used = {name for node in kept for name in node.input} | {output.name for output in graph.output}
+    kept = [node for node in kept if not (node.output[0] in inserted and node.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(rename)
+
+
+def _cast_target(node: Any) -> int:
+    return next((attribute.i for attribute in node.attribute if attribute.name == "to"), -1)
 
 
 def topological_sort(graph: Any) -> None:

@@ -20,7 +20,7 @@ from cxrmsn.labels import LABELS
 from cxrmsn.repository import read_manifest, verified_model_path
 from export.build import TWIN_MODEL
 from export.runtime import cpu_session, generated_images, run
-from tests.export.triton_server import TritonInstall, triton_install, running_server
+from tests.export.triton_server import TritonInstall, running_server, triton_install
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
