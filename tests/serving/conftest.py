@@ -42,7 +42,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_test_repository(tmp_path_factory.mktemp("repository"))
 
 
-def start_server(repository: Path, log_path: Path, **env: str) -> RunningServer:
+def start_server(repository: Path, log_path: Path, *, verbose: bool = False, **env: str) -> RunningServer:
     port = free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     environment = {
@@ -55,7 +55,16 @@ def start_server(repository: Path, log_path: Path, **env: str) -> RunningServer:
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(bentoml), "serve", "serving.service:CXRService", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                str(bentoml),
+                "serve",
+                "serving.service:CXRService",
+                *(["--verbose"] if verbose else []),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             cwd=REPO_ROOT,
             env=environment,
             stdout=log,
