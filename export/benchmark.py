@@ -84,14 +84,16 @@ def benchmark_repository(
     if unknown:
         raise ValueError(f"variants {unknown} are not in the manifest; it has {sorted(manifest.models)}")
     image_size = int(manifest.preprocess_config.crop)
-    reference = cpu_session(verified_model_path(repository, manifest, manifest.default_variant))
+    reference = None
+    if provider != "cpu":
+        reference = cpu_session(verified_model_path(repository, manifest, manifest.default_variant))
     timings = []
     for name in names:
         session = _session(verified_model_path(repository, manifest, name), provider, threads)
         for batch in batch_sizes:
             images = generated_images(batch, image_size=image_size, seed=batch)
             timing = summarise(name, batch, time_session(session, images, repeats=repeats, warmup=warmup))
-            if provider != "cpu":
+            if reference is not None:
                 difference = max_abs_difference(run(session, images), run(reference, images))
                 timing = Timing(**{**asdict(timing), "max_abs_diff_vs_cpu_fp32": difference})
             timings.append(timing)

@@ -8,11 +8,10 @@ TensorRT needs static Q/DQ quantisation instead, so this variant has no GPU conf
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
+
+from export._logging import quieter
 
 QUANTISED_OP_TYPES = ("MatMul", "Gemm")
 
@@ -21,7 +20,7 @@ def quantise_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]
     """Write the dynamically quantised model of ``source`` to ``target``; return notes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _root_logger_at(logging.WARNING):  # the quantiser logs every skipped tensor at INFO on root
+    with quieter(""):  # the quantiser logs every tensor it skips at INFO on the root logger
         quantize_dynamic(
             model_input=str(source),
             model_output=str(target),
@@ -36,14 +35,3 @@ def quantise_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]
         "per_channel": False,
         "runs_on": "CPU (MatMulInteger/DynamicQuantizeLinear kernels); TensorRT needs static Q/DQ",
     }
-
-
-@contextmanager
-def _root_logger_at(level: int) -> Iterator[None]:
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(max(level, previous))
-    try:
-        yield
-    finally:
-        root.setLevel(previous)

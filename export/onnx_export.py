@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export._logging import quieter
 from export.errors import ExportError
 
 INPUT_NAME = "image"
@@ -67,7 +68,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], *, image_size: int, op
     target = Path(path)
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     example = torch.zeros(2, 3, image_size, image_size)
-    with torch.no_grad():
+    with torch.no_grad(), quieter("onnx_ir", "onnxscript", "torch.onnx"):
         torch.onnx.export(
             model.eval(),
             (example,),

@@ -42,6 +42,11 @@ def check_parity(
         differences = max_abs_difference(run(session, images, batch_size=batch), torch_outputs(model, images))
         figures[f"batch_{batch}"] = differences
         worst = max(differences.values())
+        if worst == float("inf"):
+            raise ExportError(
+                f"outputs at batch {batch} are not finite (NaN or inf) in PyTorch or ONNX Runtime: "
+                "the checkpoint's weights may have diverged"
+            )
         if not worst <= tolerance:
             raise ExportError(
                 f"ONNX Runtime differs from PyTorch by {worst:.3g} at batch {batch} "

@@ -66,8 +66,10 @@ def test_nodes_beyond_fp16_range_stay_fp32_end_to_end(tmp_path: Path) -> None:
     from cxrmsn.checkpoint import load_classifier
 
     model, _ = load_classifier(save_classifier(tmp_path / "nano.safetensors"))
+    fc2 = model.get_submodule("encoder.blocks.0.mlp.fc2")
+    assert isinstance(fc2, torch.nn.Linear)
     with torch.no_grad():
-        model.encoder.blocks[0].mlp.fc2.weight.mul_(1e6)
+        fc2.weight.mul_(1e6)
     export_onnx(model, tmp_path / "huge.onnx", image_size=224)
     source = onnx.load(str(tmp_path / "huge.onnx"))
     images = generated_images(4, image_size=224, seed=3)
