@@ -40,9 +40,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         providers = list(config.providers) or _best_providers(ort.get_available_providers())
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
-        self.description = (
-            f"onnxruntime {ort.__version__} ({', '.join(self.session.get_providers())})"
-        )
+        self.description = f"onnxruntime {ort.__version__} ({', '.join(self.session.get_providers())})"
         LOGGER.info("loaded %s with %s", model_path.name, self.description)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -54,9 +54,7 @@ class MicroBatcher:
             batch = np.stack([x for x, _ in live])
             started = loop.time()
             try:
-                probabilities, attention = await loop.run_in_executor(
-                    self._executor, self._infer, batch
-                )
+                probabilities, attention = await loop.run_in_executor(self._executor, self._infer, batch)
             except Exception as error:  # a backend fault fails this batch, not the server
                 LOGGER.exception("inference failed for a batch of %d", len(live))
                 for _, future in live:

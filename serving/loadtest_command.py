@@ -23,15 +23,11 @@ HELP = "bounded load test of a running service (concurrent clients, fixed durati
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="service base URL, e.g. http://127.0.0.1:3000")
-    parser.add_argument(
-        "files", nargs="+", type=Path, help="files to post, used in turn (good and bad)"
-    )
+    parser.add_argument("files", nargs="+", type=Path, help="files to post, used in turn (good and bad)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
-    parser.add_argument(
-        "--pid", type=int, default=None, help="server process id, to report its memory"
-    )
+    parser.add_argument("--pid", type=int, default=None, help="server process id, to report its memory")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -43,9 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.duration <= 0:
         raise SystemExit("--clients must be >= 1 and --duration > 0")
     payloads = [(path.name, path.read_bytes()) for path in args.files]
-    report = asyncio.run(
-        load_test(args.url, payloads, args.clients, args.duration, args.timeout, args.pid)
-    )
+    report = asyncio.run(load_test(args.url, payloads, args.clients, args.duration, args.timeout, args.pid))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["server_errors"] == 0 and report["dropped"] == 0 else 1
 
@@ -101,11 +95,7 @@ def summarise(
     ordered = sorted(latencies)
 
     def percentile(q: float) -> float | None:
-        return (
-            round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-            if ordered
-            else None
-        )
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else None
 
     growth = (rss_end - rss_start) / rss_start if rss_start and rss_end else None
     return {

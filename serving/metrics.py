@@ -13,9 +13,7 @@ class ServiceMetrics:
         self.requests = Counter(
             "cxr_msn_images_total", "images decoded, by input format", labelnames=["format"]
         )
-        self.errors = Counter(
-            "cxr_msn_errors_total", "requests refused or failed, by error code", ["code"]
-        )
+        self.errors = Counter("cxr_msn_errors_total", "requests refused or failed, by error code", ["code"])
         self.model_latency = Histogram(
             "cxr_msn_model_latency_seconds",
             "model inference time per batch",

@@ -26,9 +26,7 @@ class UploadLimitMiddleware:
             return
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
-            await self._refuse(
-                send, f"the upload has {length:,} bytes; the limit is {self.max_bytes:,}"
-            )
+            await self._refuse(send, f"the upload has {length:,} bytes; the limit is {self.max_bytes:,}")
             return
         if length is not None:
             await self.app(scope, receive, send)

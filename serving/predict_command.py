@@ -21,24 +21,16 @@ HELP = "predict on image files or folders without a server (table, JSON or CSV)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "inputs", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them"
-    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them")
     parser.add_argument(
         "--repository",
         type=Path,
         default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
         help="model repository (env MODEL_REPOSITORY)",
     )
-    parser.add_argument(
-        "--variant", default=None, help="model variant; default: the manifest's default"
-    )
-    parser.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="output format"
-    )
-    parser.add_argument(
-        "--overlay-dir", type=Path, default=None, help="write attention overlay PNGs here"
-    )
+    parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    parser.add_argument("--overlay-dir", type=Path, default=None, help="write attention overlay PNGs here")
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
 
 
@@ -75,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def _expand(inputs: list[Path]) -> Iterator[Path]:
     for path in inputs:
         if path.is_dir():
-            yield from sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         else:
             yield path
 

@@ -64,14 +64,10 @@ class Predictor:
         overlay: bool,
     ) -> dict[str, Any]:
         labels = self.manifest.labels
-        by_label = {
-            label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)
-        }
+        by_label = {label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)}
         attention = np.asarray(attention, dtype=np.float64)
         total = float(attention.sum())
-        normalised = (
-            attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
-        )
+        normalised = attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
         warnings = list(prepared.decoded.info.warnings)
         if self.untrained_labels:
             warnings.append(UNTRAINED_WARNING.format(labels=", ".join(self.untrained_labels)))
@@ -110,9 +106,7 @@ class Predictor:
             "variant": self.variant,
             "precision": self.model_file.precision,
             "sha256": self.model_file.sha256,
-            "trained_labels": [
-                label for label in self.manifest.labels if label not in self.untrained_labels
-            ],
+            "trained_labels": [label for label in self.manifest.labels if label not in self.untrained_labels],
             "untrained_labels": list(self.untrained_labels),
             "backend": self.backend.description,
             "intended_use": self.manifest.intended_use,

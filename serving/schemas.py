@@ -22,12 +22,8 @@ class ModelInfo(BaseModel):
     precision: str = Field(description="numeric precision of the served file")
     sha256: str = Field(description="sha256 of the served model file, verified at start-up")
     trained_labels: list[str] = Field(description="labels the model had training signal for")
-    untrained_labels: list[str] = Field(
-        description="labels without training signal: never positive"
-    )
-    backend: str = Field(
-        description="the inference backend, e.g. onnxruntime (CPUExecutionProvider)"
-    )
+    untrained_labels: list[str] = Field(description="labels without training signal: never positive")
+    backend: str = Field(description="the inference backend, e.g. onnxruntime (CPUExecutionProvider)")
     intended_use: str = Field(description="intended use; not for clinical use unless validated")
 
 
@@ -43,9 +39,7 @@ class InputInfo(BaseModel):
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
-    warnings: list[str] = Field(
-        default_factory=list, description="what the decoder changed or assumed"
-    )
+    warnings: list[str] = Field(default_factory=list, description="what the decoder changed or assumed")
 
 
 class PredictResponse(BaseModel):
@@ -90,9 +84,7 @@ class ModelCard(BaseModel):
     labels: list[str]
     trained_labels: list[str]
     untrained_labels: list[str]
-    thresholds: dict[str, float] = Field(
-        description="operating threshold per label (chosen on validation)"
-    )
+    thresholds: dict[str, float] = Field(description="operating threshold per label (chosen on validation)")
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]
     metrics: dict[str, Any]

@@ -68,27 +68,19 @@ class CXRService:
     @bentoml.api(route="/predict")
     async def predict(
         self,
-        file: Annotated[
-            Path, Field(description="a chest X-ray: DICOM, PNG or JPEG (detected by content)")
-        ],
-        overlay: Annotated[
-            bool, Field(description="also return the attention heatmap as a PNG")
-        ] = False,
+        file: Annotated[Path, Field(description="a chest X-ray: DICOM, PNG or JPEG (detected by content)")],
+        overlay: Annotated[bool, Field(description="also return the attention heatmap as a PNG")] = False,
     ) -> PredictResponse:
         """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx."""
         outcome = await self._predict_one(file, overlay)
         if isinstance(outcome, ErrorResponse):
-            return _as_api_return(
-                error_response(_STATUS[outcome.error], outcome.error, outcome.detail)
-            )
+            return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
         return outcome
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
         self,
-        files: Annotated[
-            list[Path], Field(description="several chest X-rays, each DICOM, PNG or JPEG")
-        ],
+        files: Annotated[list[Path], Field(description="several chest X-rays, each DICOM, PNG or JPEG")],
         overlay: Annotated[bool, Field(description="also return heatmap PNGs")] = False,
     ) -> BatchResponse:
         """Classify several files; one result or one error per file, in order."""
@@ -119,9 +111,7 @@ class CXRService:
         except Exception as error:  # a backend fault: 500, logged without input details
             LOGGER.error("inference failed: %s", type(error).__name__)
             self.metrics.count_error("inference_failed")
-            return ErrorResponse(
-                error="inference_failed", detail="the model backend failed; see server logs"
-            )
+            return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
         result = await anyio.to_thread.run_sync(
             lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay)
         )
@@ -149,9 +139,7 @@ async def _gather(coroutines: list[Any]) -> list[Any]:
     return results
 
 
-@model_api.get(
-    "/model", response_model=ModelCard, summary="The served model: labels, thresholds, metrics"
-)
+@model_api.get("/model", response_model=ModelCard, summary="The served model: labels, thresholds, metrics")
 async def model_card() -> dict[str, Any]:
     service = bentoml.get_current_service()
     card: dict[str, Any] = service.predictor.model_card()

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -97,13 +98,13 @@ def test_oversize_upload_is_refused_before_the_body_is_sent(server: RunningServe
 
 
 def test_chunked_oversize_upload_is_refused(server: RunningServer) -> None:
-    def body() -> object:
+    def body() -> Iterator[bytes]:
         for _ in range(20):
             yield b"\x00" * (1024 * 1024)
 
     response = httpx.post(
         f"{server.url}/predict",
-        content=body(),  # type: ignore[arg-type]
+        content=body(),
         headers={"Content-Type": "multipart/form-data; boundary=b"},
         timeout=60,
     )
@@ -126,10 +127,12 @@ def _marker_dicom() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def verbose_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+def verbose_server(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     log_path = tmp_path_factory.mktemp("verbose") / "server.log"
     running = start_server(model_repository, log_path, verbose=True)
-    yield running  # type: ignore[misc]
+    yield running
     stop_server(running)
 
 
