@@ -12,7 +12,7 @@ PORT ?= 3000
 MODEL_REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: test serve lint typecheck install clean requirements
+.PHONY: test serve lint typecheck install clean requirements bench
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: lint typecheck
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/cxr-msn serve --repository $(MODEL_REPOSITORY) --port $(PORT)
+
+# The benchmark suite: prints a table, writes benchmarks/results.{json,md}. Minutes, not seconds.
+bench: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[bench]'
+	$(VENV)/bin/python -m benchmarks.run --out benchmarks
 
 # requirements/serve.txt: the serve extra's pinned closure, installed into the Bento.
 requirements: $(VENV)/.installed

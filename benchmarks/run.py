@@ -1,0 +1,287 @@
+"""The benchmark suite: this project against the machine's limit and the incumbent, one run.
+
+    make bench                      # or: python -m benchmarks.run --out benchmarks
+    python -m benchmarks.run --quick  # fewer repeats, ViT-T only (a smoke run)
+
+Every row is a median over repeated runs with min and max, measured in this run on the
+same inputs. Writes benchmarks/results.json (rows: name, unit, median, min, max, n) and
+benchmarks/results.md, and prints the table and the target ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import inputs, service
+from cxrmsn.model import ARCHITECTURES
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    median: float
+    min: float
+    max: float
+    n: int
+
+
+class Suite:
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self.rows: list[Row] = []
+
+    def add(self, name: str, unit: str, values: list[float]) -> Row:
+        row = Row(name, unit, statistics.median(values), min(values), max(values), len(values))
+        self.rows.append(row)
+        print(f"{name:58s} {row.median:12.2f} {unit}", flush=True)
+        return row
+
+    def rate(self, name: str, items: float, work: Callable[[], object], *, warmup: int = 2) -> Row:
+        """items/s of ``work`` over ``self.repeats`` timed calls."""
+        for _ in range(warmup):
+            work()
+        values = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            work()
+            values.append(items / (time.perf_counter() - started))
+        return self.add(name, "images/s" if "GFLOP" not in name else "GFLOP/s", values)
+
+    def value(self, name: str) -> float:
+        return next(row.median for row in self.rows if row.name == name)
+
+
+def vit_gflop(architecture: str) -> float:
+    """Forward GFLOP per 224 px image (2 x multiply-adds) of a ViT encoder + 14-label head."""
+    spec = ARCHITECTURES[architecture]
+    tokens, dim = (spec.img_size // spec.patch_size) ** 2 + 1, spec.embed_dim
+    per_block = 12 * tokens * dim**2 + 2 * tokens**2 * dim
+    patch_embed = (tokens - 1) * 3 * spec.patch_size**2 * dim
+    return 2 * (spec.depth * per_block + patch_embed + dim * 14) / 1e9
+
+
+def matmul_limit(suite: Suite) -> float:
+    """GFLOP/s of a large float32 matrix multiply on all cores: the machine's practical limit."""
+    import torch
+
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return suite.rate(
+        "machine: float32 matmul 2048x2048 (torch, all cores)", 2 * size**3 / 1e9, lambda: a @ b
+    ).median
+
+
+def run(out: Path, *, quick: bool) -> list[Row]:
+    suite = Suite(repeats=5 if quick else 15)
+    architectures = ["vit_tiny_patch16_224"] if quick else ["vit_tiny_patch16_224", "vit_small_patch16_224"]
+    files = inputs.benchmark_files()
+    limit = matmul_limit(suite)
+    with tempfile.TemporaryDirectory(prefix="cxr-msn-bench-") as scratch:
+        repositories = {
+            arch: inputs.export_random_model(arch, Path(scratch) / arch) for arch in architectures
+        }
+        batches = {size: inputs.preprocessed_batch(files["png"], size) for size in (1, 8)}
+        for arch, repository in repositories.items():
+            bench_onnxruntime(suite, arch, repository, batches, limit)
+            bench_pytorch(suite, arch, repository, batches)
+        bench_decoding(suite, files)
+        bench_pipeline(suite, repositories[architectures[-1]], files, architectures[-1])
+        bench_torchxrayvision(suite, files)
+        service.bench_service(suite, repositories[architectures[-1]], files, architectures[-1], quick=quick)
+    bench_pretraining(suite, architectures, quick=quick)
+    write_results(suite, out, targets(suite, architectures[-1]))
+    return suite.rows
+
+
+def bench_onnxruntime(
+    suite: Suite, arch: str, repository: Path, batches: dict[int, np.ndarray], limit: float
+) -> None:
+    import onnxruntime as ort
+
+    from cxrmsn.repository import read_manifest
+
+    manifest = read_manifest(repository)
+    for variant, entry in sorted(manifest.models.items()):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(
+            str(repository / entry.path), options, providers=["CPUExecutionProvider"]
+        )
+        for size, batch in batches.items():
+            row = suite.rate(
+                f"onnxruntime {arch} {variant} batch {size}",
+                size,
+                partial(session.run, None, {"image": batch}),
+            )
+            share = row.median * vit_gflop(arch) / limit
+            suite.add(f"  share of matmul limit: {arch} {variant} batch {size}", "fraction", [share])
+
+
+def bench_pytorch(suite: Suite, arch: str, repository: Path, batches: dict[int, np.ndarray]) -> None:
+    import torch
+
+    from cxrmsn.checkpoint import load_classifier
+
+    model, _ = load_classifier(repository.parent / f"{arch}.safetensors")
+    with torch.inference_mode():
+        for size, batch in batches.items():
+            tensor = torch.from_numpy(batch)
+            suite.rate(f"pytorch eager {arch} batch {size}", size, partial(model, tensor))
+
+
+def _decode_all(blobs: list[bytes]) -> list[np.ndarray]:
+    from cxrmsn.imaging import decode
+    from cxrmsn.preprocess import preprocess
+
+    return [preprocess(decode(data).pixels) for data in blobs]
+
+
+def _next_step(parts: Any, batch: Any, counter: Iterator[int]) -> None:
+    from training.train_step import train_step
+
+    train_step(parts, batch, next(counter))
+
+
+def bench_decoding(suite: Suite, files: dict[str, list[bytes]]) -> None:
+    for kind, blobs in files.items():
+        suite.rate(
+            f"decode + preprocess {kind}",
+            len(blobs),
+            partial(_decode_all, blobs),
+        )
+
+
+def bench_pipeline(suite: Suite, repository: Path, files: dict[str, list[bytes]], arch: str) -> None:
+    """This project end to end in-process: bytes -> decode -> preprocess -> ONNX Runtime, batch 8."""
+    os.environ["MODEL_REPOSITORY"] = str(repository)
+    from serving.predictor import load_predictor
+
+    predictor = load_predictor(repository)
+    png = files["png"]
+
+    def work() -> None:
+        for start in range(0, len(png), 8):
+            chunk = [predictor.prepare(data).model_input for data in png[start : start + 8]]
+            predictor.infer(np.stack(chunk))
+
+    suite.rate(f"this project in-process PNG {arch} fp32 batch 8", len(png), work)
+
+
+def bench_torchxrayvision(suite: Suite, files: dict[str, list[bytes]]) -> None:
+    """The incumbent: torchxrayvision's DenseNet-121 with its own reading and preprocessing."""
+    import io
+
+    import skimage.io
+    import torch
+    import torchvision
+    import torchxrayvision as xrv
+
+    model = xrv.models.DenseNet(weights=None).eval()  # timing does not depend on weight values
+    transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
+    png = files["png"]
+
+    def prepare(data: bytes) -> np.ndarray:
+        image = xrv.datasets.normalize(skimage.io.imread(io.BytesIO(data)), 255)
+        image = image.mean(2) if image.ndim == 3 else image
+        return np.asarray(transform(image[None]), dtype=np.float32)
+
+    def work() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(png), 8):
+                model(torch.from_numpy(np.stack([prepare(data) for data in png[start : start + 8]])))
+
+    suite.rate("torchxrayvision DenseNet-121 PNG batch 8 (incumbent)", len(png), work, warmup=1)
+
+
+def bench_pretraining(suite: Suite, architectures: list[str], *, quick: bool) -> None:
+    """One MSN + EHR (D) pretraining step on synthetic views of the paper's sizes."""
+    import torch
+
+    from training.benchmark import synthetic_batch
+    from training.config import PretrainConfig, apply_overrides
+    from training.distributed import DistInfo
+    from training.train_step import build_parts
+
+    batch_size, steps = 8, (3 if quick else 6)
+    for arch in architectures:
+        config = apply_overrides(PretrainConfig(name="benchmark"), [f"model.arch={arch}"])
+        torch.manual_seed(0)
+        dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        parts = build_parts(config, ehr_dim=3, steps_per_epoch=steps + 1, dist_info=dist)
+        batch = synthetic_batch(config, batch_size, 3)
+        counter = iter(range(10**6))
+        suite.rate(
+            f"pretraining step {arch} MSN+D batch {batch_size}",
+            batch_size,
+            partial(_next_step, parts, batch, counter),
+            warmup=1,
+        )
+
+
+def targets(suite: Suite, arch: str) -> list[tuple[str, float, float]]:
+    """(target, measured ratio, required ratio) from this run's medians."""
+    raw8 = suite.value(f"onnxruntime {arch} fp32 batch 8")
+    service8 = suite.value(f"service {arch} fp32 PNG concurrency 8")
+    int8 = suite.value(f"onnxruntime {arch} int8 batch 8")
+    pipeline = suite.value(f"this project in-process PNG {arch} fp32 batch 8")
+    incumbent = suite.value("torchxrayvision DenseNet-121 PNG batch 8 (incumbent)")
+    decode = suite.value("decode + preprocess png")
+    decode_share = (1 / decode) / (1 / service8) if service8 else float("nan")
+    return [
+        ("service PNG c8 / raw ONNX Runtime batch 8 (>= 0.85)", service8 / raw8, 0.85),
+        ("int8 / fp32 throughput, batch 8 (>= 1.8)", int8 / raw8, 1.8),
+        (f"{arch} in-process / torchxrayvision DenseNet-121 (>= 1.5)", pipeline / incumbent, 1.5),
+        ("decode + preprocess share of service time per image (< 0.15)", decode_share, 0.15),
+    ]
+
+
+def write_results(suite: Suite, out: Path, goals: list[tuple[str, float, float]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps([asdict(row) for row in suite.rows], indent=2) + "\n")
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        "| name | unit | median | min | max | n |",
+        "|---|---|---:|---:|---:|---:|",
+        *(
+            f"| {r.name.strip()} | {r.unit} | {r.median:.3f} | {r.min:.3f} | {r.max:.3f} | {r.n} |"
+            for r in suite.rows
+        ),
+        "",
+        "| target | measured | required | met |",
+        "|---|---:|---:|---|",
+    ]
+    for name, measured, required in goals:
+        met = measured < required if "<" in name else measured >= required
+        lines.append(f"| {name} | {measured:.3f} | {required} | {'yes' if met else 'no'} |")
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    print("\n" + text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="where results.json/.md go")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and ViT-T only")
+    args = parser.parse_args(argv)
+    run(args.out, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
