@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import time
@@ -190,8 +191,6 @@ def run_epoch(
     started = time.perf_counter()
     stats: dict[str, float] = {}
     for index, batch in enumerate(_progress(loader, steps_per_epoch, epoch, dist_info, config)):
-        if index >= steps_per_epoch:
-            break
         step = epoch * steps_per_epoch + index
         stats = train_step(parts, batch, step)
         totals += torch.tensor(
@@ -239,12 +238,13 @@ def _progress(
     dist_info: DistInfo,
     config: PretrainConfig,
 ) -> Any:
+    batches = itertools.islice(loader, steps)
     if not (config.train.progress and dist_info.is_main):
-        return loader
+        return batches
     from tqdm import tqdm
 
     return tqdm(
-        loader, total=steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False, mininterval=2.0
+        batches, total=steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False, mininterval=2.0
     )
 
 

@@ -1,8 +1,9 @@
 """From a config to the pretraining data set: manifest, rows, EHR pipeline, image cache.
 
-Rank 0 builds what is shared (the manifest for ``data.source=shared``, the EHR imputer,
-the image cache) and writes it to the run folder or the cache folder; the other ranks
-wait for it and read it, so every rank trains on exactly the same arrays.
+Rank 0 builds the manifest (for ``data.source=shared``) and fits the EHR imputer in the
+run folder; local rank 0 of each machine builds the image cache. The other ranks wait and
+read what was built, so every rank trains on exactly the same arrays. Multi-node runs
+need the run folder on storage all nodes share (as resuming does anyway).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def prepare_data(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> 
         config.data.cache_size,
         Path(config.data.cache_dir).expanduser(),
         workers=config.data.cache_workers,
-        build=dist_info.is_main,
+        build=dist_info.local_rank == 0,  # one builder per machine; the others wait for its file
         wait_s=CACHE_WAIT_S,
     )
     usable = cache.usable

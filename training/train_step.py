@@ -9,6 +9,7 @@ then the EMA update of the target.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from training.msn.masking import sample_keep_indices
 from training.msn.model import MSNAnchor, MSNTarget, num_patches
 from training.msn.msn_loss import msn_loss
 from training.schedule import cosine_lr, cosine_weight_decay
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +64,7 @@ def build_parts(
     model: nn.Module = anchor
     if dist_info.distributed:
         model = DistributedDataParallel(anchor, device_ids=[device.index] if device.type == "cuda" else None)
+    _log_ignored_settings(config, dist_info)
     amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return TrainParts(
@@ -75,6 +79,14 @@ def build_parts(
         total_steps=steps_per_epoch * config.train.epochs,
         warmup_steps=round(config.optim.warmup_epochs * steps_per_epoch),
     )
+
+
+def _log_ignored_settings(config: PretrainConfig, dist_info: DistInfo) -> None:
+    if dist_info.device.type != "cuda":
+        if config.train.amp:
+            log.info("train.amp: mixed precision is CUDA-only; this run computes in float32")
+        if dist_info.distributed and config.train.sync_batchnorm:
+            log.warning("train.sync_batchnorm: SyncBatchNorm needs CUDA; BatchNorm uses per-rank statistics")
 
 
 def make_optimizer(anchor: MSNAnchor, config: PretrainConfig) -> torch.optim.AdamW:

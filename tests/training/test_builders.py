@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from training.data.nih import build_nih
 from training.data.shared import build_shared
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]], *, gz: bool = False) -> None:
+def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]], *, gz: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -93,7 +94,7 @@ def _nih_root(tmp_path: Path) -> Path:
     _write_csv(root / "Data_Entry_2017.csv", NIH_HEADER, entries)
     (root / "test_list.txt").write_text("\n".join(test_images) + "\n")
     (root / "train_val_list.txt").write_text(
-        "\n".join(e[0] for e in entries if e[0] not in test_images) + "\n"
+        "\n".join(str(e[0]) for e in entries if e[0] not in test_images) + "\n"
     )
     return root
 
@@ -125,7 +126,7 @@ def test_nih_without_official_lists_splits_all_patients(tmp_path: Path) -> None:
 def test_nih_reports_missing_images(tmp_path: Path) -> None:
     root = _nih_root(tmp_path)
     next(root.rglob("00000003_001.png")).unlink()
-    with pytest.raises(FileNotFoundError, match="00000003_001.png"):
+    with pytest.raises(FileNotFoundError, match=r"00000003_001\.png"):
         build_nih(root)
 
 

@@ -78,8 +78,9 @@ def test_imputer_fills_missing_values_from_related_features() -> None:
     assert (
         filled[old_missing_age, 0].min() > filled[young_missing_age, 0].max()
     )  # the forest used sex and icu
-    known = [i for i, r in enumerate(rows) if r.age is not None]
-    np.testing.assert_allclose(filled[known, 0], [(rows[i].age - 16) / 84 for i in known], rtol=1e-6)  # type: ignore[operator]
+    known = [(i, r.age) for i, r in enumerate(rows) if r.age is not None]
+    expected = np.asarray([(age - 16) / 84 for _, age in known])
+    np.testing.assert_allclose(filled[[i for i, _ in known], 0], expected, rtol=1e-6)
     assert pipeline.fit_summary is not None and pipeline.fit_summary["missing_fraction"][
         "icu"
     ] == pytest.approx(0.2)

@@ -22,6 +22,7 @@ from training.data.manifest import ManifestRow, write_manifest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # see conftest.py: fast and predictable on a shared CPU
 
 # vit_nano at 64 px (16 patches) with 32 px focal views (4 patches): seconds per epoch on a CPU.
 TINY = [
@@ -40,14 +41,14 @@ TINY = [
 ]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **ONE_THREAD},
     )
 
 
@@ -122,6 +123,7 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     process = subprocess.Popen(
         [sys.executable, "-m", "training", *_args(manifest, killed, cache, epochs)],
         cwd=REPO,
+        env={**os.environ, **ONE_THREAD},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -169,7 +171,7 @@ def test_two_ddp_processes_end_with_identical_weights(manifest: Path, tmp_path: 
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, **ONE_THREAD},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
