@@ -55,6 +55,19 @@ def time_session(session: Any, images: np.ndarray, *, repeats: int, warmup: int)
     return seconds
 
 
+def interleaved_medians(
+    first: Any, second: Any, images: np.ndarray, *, repeats: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds of two sessions timed in alternation, so load from elsewhere hits both alike."""
+    time_session(first, images, repeats=1, warmup=warmup)
+    time_session(second, images, repeats=1, warmup=warmup)
+    a, b = [], []
+    for _ in range(repeats):
+        a += time_session(first, images, repeats=1, warmup=0)
+        b += time_session(second, images, repeats=1, warmup=0)
+    return statistics.median(a), statistics.median(b)
+
+
 def summarise(variant: str, batch_size: int, seconds: list[float]) -> Timing:
     ordered = sorted(seconds)
     median = statistics.median(ordered)

@@ -13,7 +13,7 @@ from cxrmsn.labels import LABELS
 from cxrmsn.repository import read_manifest, verified_model_path
 from export.runtime import cpu_session, run
 from export.validation import macro_auroc, read_validation_manifest
-from tests.helpers import chest_like_picture, to_jpeg, to_png
+from tests.helpers import SHARED_DATA, chest_like_picture, requires_shared_data, to_jpeg, to_png
 
 
 def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str]) -> Path:
@@ -109,3 +109,30 @@ def test_export_records_auroc_change_per_variant(nano_repository: Path, validati
         assert "Pleural Other" in notes["skipped_labels"]  # positives only in the generated set
         assert set(notes["per_label_change"]) == set(measured[name]["per_label"])
         assert manifest.models[name].notes["compared_on"] == "validation.csv (16 images)"
+
+
+@requires_shared_data
+def test_real_nih_images_give_an_int8_auroc_change(nano_checkpoint: Path, tmp_path: Path) -> None:
+    from export.build import ExportOptions, export_repository
+
+    folder = SHARED_DATA / "nih1000"
+    with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "valid"]
+    manifest_csv = write_csv(
+        tmp_path / "nih_valid.csv",
+        [
+            {"path": str(folder / "images" / row["image"]), **{label: row[label] for label in LABELS}}
+            for row in rows
+        ],
+        ["path", *LABELS],
+    )
+    options = ExportOptions(
+        variants=("fp32", "int8"), validation_manifest=manifest_csv, ort_optimised="never"
+    )
+    manifest = export_repository(nano_checkpoint, tmp_path / "repo", options)
+    notes = manifest.models["int8"].notes
+    assert notes["compared_on"] == f"nih_valid.csv ({len(rows)} images)"
+    auroc = notes["auroc"]
+    assert {"Cardiomegaly", "Pleural Effusion"} <= set(auroc["per_label_change"])
+    assert "Fracture" in auroc["skipped_labels"]  # NIH has no fracture finding: blank column
+    assert abs(auroc["macro_auroc_change"]) < 0.2
