@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,6 @@ class ExportOptions:
     ort_optimised: str = "auto"
     overwrite: bool = False
     generated_inputs: int = 16  # compared on when there is no validation manifest
-    extra_metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -101,6 +100,12 @@ def export_repository(
     source, target = Path(checkpoint), Path(out)
     _check_target(target, overwrite=options.overwrite)
     model, metadata = _load_classifier(source)
+    model_size = int(model.encoder.patch_embed.img_size[0])
+    if metadata.preprocess_config.crop != model_size:
+        raise ValueError(
+            f"{source}: preprocessing crops {metadata.preprocess_config.crop} px but "
+            f"{metadata.architecture} takes {model_size} px images"
+        )
     evaluation = None
     if options.validation_manifest is not None:
         evaluation = read_validation_manifest(options.validation_manifest, metadata.preprocess_config)
@@ -135,7 +140,6 @@ def _build(
         "cxr_msn.preprocessing": json.dumps(metadata.preprocessing, sort_keys=True),
         "cxr_msn.source_checkpoint_sha256": source_sha256,
         "cxr_msn.intended_use": metadata.intended_use,
-        **options.extra_metadata,
     }
     fp32_path, fp32_notes = _export_fp32(staging, model, interface, onnx_metadata, image_size)
     images = (

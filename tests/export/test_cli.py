@@ -124,3 +124,18 @@ def test_save_classifier_helper_writes_distinct_models(tmp_path: Path) -> None:
     a = save_classifier(tmp_path / "a.safetensors", seed=1)
     b = save_classifier(tmp_path / "b.safetensors", seed=2)
     assert sha256_file(a) != sha256_file(b)
+
+
+def test_preprocessing_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
+    from cxrmsn.model import CXRClassifier
+    from cxrmsn.preprocess import PreprocessConfig
+    from export.build import export_repository
+
+    checkpoint = tmp_path / "small_crop.safetensors"
+    preprocessing = PreprocessConfig(resize=192, crop=192).to_dict()
+    metadata = CheckpointMetadata(architecture="vit_nano_patch16_224", preprocessing=preprocessing)
+    save_checkpoint(checkpoint, CXRClassifier("vit_nano_patch16_224").state_dict(), metadata)
+    with pytest.raises(ValueError, match="crops 192 px but vit_nano_patch16_224 takes 224 px"):
+        export_repository(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
