@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/$(PIP_INSTALL) -e '.[serve,train,dev]'
+	$(VENV)/bin/$(PIP_INSTALL) -e '.[serve,train,export,dev]'
 	touch $@
 
 $(SERVE_VENV)/.installed: pyproject.toml $(CONSTRAINTS)

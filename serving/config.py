@@ -30,6 +30,7 @@ class ServingConfig:
     variant: str | None = None  # None: the manifest's default variant
     backend: str = "onnxruntime"
     triton_url: str = "localhost:8000"
+    triton_model: str | None = None  # None: the manifest's Triton model for the variant
     providers: tuple[str, ...] = field(default_factory=tuple)  # empty: best available
     intra_op_threads: int = max(1, os.cpu_count() or 1)
     max_batch_size: int = 8
@@ -48,6 +49,7 @@ class ServingConfig:
             variant=os.environ.get("CXR_MSN_VARIANT") or None,
             backend=os.environ.get("CXR_MSN_BACKEND", "onnxruntime"),
             triton_url=os.environ.get("CXR_MSN_TRITON_URL", "localhost:8000"),
+            triton_model=os.environ.get("CXR_MSN_TRITON_MODEL") or None,
             providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
             intra_op_threads=_env_int("CXR_MSN_ORT_THREADS", max(1, os.cpu_count() or 1)),
             max_batch_size=_env_int("CXR_MSN_MAX_BATCH_SIZE", 8),

@@ -43,7 +43,8 @@ class Predictor:
         model_path = verified_model_path(config.model_repository, self.manifest, self.variant)
         self.model_file = self.manifest.models[self.variant]
         self.preprocessing = self.manifest.preprocess_config
-        self.backend: Backend = create_backend(config, model_path, self.model_file.triton_model)
+        triton_model = config.triton_model or self.model_file.triton_model
+        self.backend: Backend = create_backend(config, model_path, triton_model)
         trained = set(self.manifest.trained_labels)
         self.untrained_labels = [label for label in self.manifest.labels if label not in trained]
 

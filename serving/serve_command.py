@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("CXR_MSN_TRITON_URL", "localhost:8000"),
         help="Triton address, host:port of its HTTP or gRPC endpoint (env CXR_MSN_TRITON_URL)",
     )
+    parser.add_argument(
+        "--triton-model",
+        default=os.environ.get("CXR_MSN_TRITON_MODEL"),
+        help="Triton model name; default: the manifest's for the variant (env CXR_MSN_TRITON_MODEL)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)"
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.variant:
         env["CXR_MSN_VARIANT"] = args.variant
+    if args.triton_model:
+        env["CXR_MSN_TRITON_MODEL"] = args.triton_model
     problem = preflight(args.repository, args.variant, args.backend)  # also run at service import
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
