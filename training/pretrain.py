@@ -187,19 +187,19 @@ def run_epoch(
     parts.model.train()
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist_info.device)
-    totals = torch.zeros(4, dtype=torch.float64)  # loss, cross-entropy, mean entropy, steps
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, cross-entropy, mean entropy, steps
     started = time.perf_counter()
     stats: dict[str, float] = {}
     for index, batch in enumerate(_progress(loader, steps_per_epoch, epoch, dist_info, config)):
         step = epoch * steps_per_epoch + index
         stats = train_step(parts, batch, step)
-        totals += torch.tensor(
-            [stats["loss"], stats["cross_entropy"], stats["mean_entropy"], 1.0], dtype=torch.float64
-        )
+        for i, name in enumerate(("loss", "cross_entropy", "mean_entropy")):
+            sums[i] += stats[name]
+        sums[3] += 1
         if dist_info.is_main and (step % config.train.log_every == 0 or index == steps_per_epoch - 1):
             _log_step(logs, epoch, step, stats)
     seconds = time.perf_counter() - started
-    all_reduce_sum_(totals)
+    totals = all_reduce_sum_(torch.tensor(sums, dtype=torch.float64, device=dist_info.device))
     loss, cross_entropy, mean_entropy = (totals[:3] / totals[3]).tolist()
     patience_exhausted = state.stopping.update(loss, epoch)
     images = int(totals[3]) // dist_info.world_size * config.train.batch_size
