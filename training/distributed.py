@@ -8,8 +8,10 @@ on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,6 +109,16 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def wait_for_file(path: Path, *, timeout_s: float, what: str) -> None:
+    """Poll until ``path`` exists: how ranks hand over slow work (an image cache, the EHR
+    imputer) without a collective call that a long build could time out."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} ({path}) did not appear within {timeout_s:.0f} s")
+        time.sleep(1.0)
 
 
 def barrier() -> None:

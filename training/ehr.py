@@ -136,7 +136,9 @@ class EHRPipeline:
             matrix = matrix[np.random.default_rng(seed).choice(len(matrix), fit_rows, replace=False)]
         pipeline.fit_summary = _missing_summary(matrix, pipeline.columns)
         if matrix.size and np.isnan(matrix).any():
-            pipeline.imputer = _make_imputer(trees=trees, max_iter=max_iter, seed=seed).fit(matrix)
+            pipeline.imputer = _sequential_predictions(
+                _make_imputer(trees=trees, max_iter=max_iter, seed=seed).fit(matrix)
+            )
         return pipeline
 
     def transform(self, rows: Sequence[ManifestRow]) -> np.ndarray:
@@ -152,12 +154,16 @@ class EHRPipeline:
         return matrix.astype(np.float32)
 
     def save(self, folder: Path) -> None:
+        """Write imputer.joblib, then encoding.json (its presence means both are complete)."""
+        import io
+
         import joblib
 
-        from cxrmsn.fileio import atomic_write_text
+        from cxrmsn.fileio import atomic_write_bytes, atomic_write_text
 
-        folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self.imputer, folder / "imputer.joblib")
+        buffer = io.BytesIO()
+        joblib.dump(self.imputer, buffer)
+        atomic_write_bytes(folder / "imputer.joblib", buffer.getvalue())
         atomic_write_text(folder / "encoding.json", json.dumps(self._description(), indent=2))
 
     @classmethod
@@ -193,8 +199,16 @@ def _make_imputer(*, trees: int, max_iter: int, seed: int) -> Any:
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer
 
-    forest = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=1)
+    forest = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=-1)  # seeded per tree
     return IterativeImputer(estimator=forest, max_iter=max_iter, random_state=seed, keep_empty_features=True)
+
+
+def _sequential_predictions(imputer: Any) -> Any:
+    """Predict with one job: a forest's parallel predictions add up trees in any order,
+    which would make the imputed values (and so a resumed run) differ in the last bits."""
+    for step in imputer.imputation_sequence_:
+        step.estimator.set_params(n_jobs=1)
+    return imputer
 
 
 def _missing_summary(matrix: np.ndarray, columns: tuple[str, ...]) -> dict[str, Any]:

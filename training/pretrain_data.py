@@ -21,12 +21,12 @@ from training.config import PretrainConfig
 from training.data.cache import load_or_build_cache
 from training.data.dataset import PretrainDataset
 from training.data.manifest import ManifestRow, read_manifest, resolve_image_path, write_manifest
-from training.distributed import DistInfo, barrier
+from training.distributed import DistInfo, barrier, wait_for_file
 from training.ehr import EHRPipeline, resolve_features
 from training.msn.views import MultiViewTransform
 
 log = logging.getLogger(__name__)
-CACHE_WAIT_S = 24 * 3600.0
+WAIT_S = 24 * 3600.0  # how long other ranks wait for rank 0's imputer or a machine's image cache
 
 
 @dataclass
@@ -50,7 +50,7 @@ def prepare_data(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> 
         Path(config.data.cache_dir).expanduser(),
         workers=config.data.cache_workers,
         build=dist_info.local_rank == 0,  # one builder per machine; the others wait for its file
-        wait_s=CACHE_WAIT_S,
+        wait_s=WAIT_S,
     )
     usable = cache.usable
     rows = [rows[i] for i in usable]
@@ -115,7 +115,7 @@ def _ehr_pipeline(
         )
         pipeline.save(folder)
         log.info("EHR imputer fitted on %d training rows: %s", len(train_rows), pipeline.fit_summary)
-    barrier()
+    wait_for_file(folder / "encoding.json", timeout_s=WAIT_S, what="the EHR imputer")
     pipeline = EHRPipeline.load(folder)
     if pipeline.features != features:
         raise ValueError(f"{folder} holds an imputer for {pipeline.features}, the config asks for {features}")

@@ -113,3 +113,5 @@ def test_save_and_load_give_the_same_transform(tmp_path: Path) -> None:
     loaded = EHRPipeline.load(tmp_path / "ehr")
     assert loaded.features == pipeline.features and loaded.columns == pipeline.columns
     np.testing.assert_array_equal(loaded.transform(rows), pipeline.transform(rows))
+    # fitted with every core, predicting with one: the same values on every rank and resume
+    assert {step.estimator.n_jobs for step in loaded.imputer.imputation_sequence_} == {1}

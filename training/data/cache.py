@@ -28,6 +28,7 @@ from cxrmsn.errors import DecodeError
 from cxrmsn.fileio import atomic_write_text
 from cxrmsn.imaging import decode
 from cxrmsn.preprocess import PreprocessConfig, resize_and_crop
+from training.distributed import wait_for_file
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -73,11 +74,7 @@ def load_or_build_cache(
     array_path, info_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if not info_path.is_file() and build:
         _build(paths, size, array_path, info_path, workers=workers)
-    deadline = time.monotonic() + wait_s
-    while not info_path.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the image cache {info_path} did not appear within {wait_s:.0f} s")
-        time.sleep(1.0)
+    wait_for_file(info_path, timeout_s=wait_s, what="the image cache")
     info = json.loads(info_path.read_text())
     return ImageCache(np.load(array_path, mmap_mode="r"), tuple(info["failed"]), array_path)
 
