@@ -37,6 +37,8 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle inference threads must not spin: decoding shares these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = list(config.providers) or _best_providers(ort.get_available_providers())
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
