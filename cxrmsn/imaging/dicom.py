@@ -147,11 +147,24 @@ def _check_native_length(ds: Dataset) -> None:
 
 def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
     notes: list[str] = []
-    values = pydicom.pixels.apply_modality_lut(stored, ds).astype(np.float64, copy=False)
+    values = _modality_values(stored, ds)
     image = _apply_voi_lut(values, ds) if _has_voi_lut(ds) else _apply_window(values, ds, notes)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         image = 1.0 - image
-    return np.clip(image, 0.0, 1.0).astype(np.float32), notes
+    return np.clip(image, 0.0, 1.0, out=image).astype(np.float32, copy=False), notes
+
+
+def _modality_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values through the modality LUT, as float32 (exact for integers below 2**24)."""
+    if "ModalityLUTSequence" in ds:
+        return np.asarray(pydicom.pixels.apply_modality_lut(stored, ds), dtype=np.float32)
+    values = stored.astype(np.float32)
+    slope, intercept = _float_or(ds, "RescaleSlope", 1.0), _float_or(ds, "RescaleIntercept", 0.0)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
@@ -176,9 +189,9 @@ def _lut_entries(data: object) -> np.ndarray:
     if data is None:
         return np.zeros(0)
     if isinstance(data, bytes):  # OW: 16-bit little-endian words
-        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").astype(np.float64)
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").astype(np.float32)
     entries = data if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else [data]
-    return np.asarray(entries, dtype=np.float64)
+    return np.asarray(entries, dtype=np.float32)
 
 
 def _apply_window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
@@ -211,11 +224,7 @@ def _stored_values_unchanged(ds: Dataset) -> bool:
     """True when no modality LUT or rescale alters unsigned stored values."""
     if "ModalityLUTSequence" in ds or _int_or(ds, "PixelRepresentation", 0) != 0:
         return False
-    slope, intercept = ds.get("RescaleSlope") or 1, ds.get("RescaleIntercept") or 0
-    try:
-        return float(slope) == 1.0 and float(intercept) == 0.0
-    except (TypeError, ValueError):
-        return False
+    return _float_or(ds, "RescaleSlope", 1.0) == 1.0 and _float_or(ds, "RescaleIntercept", 0.0) == 0.0
 
 
 def _first_window(ds: Dataset) -> tuple[float, float] | None:
@@ -275,6 +284,15 @@ def _int_or(ds: Dataset, keyword: str, default: int) -> int:
         return int(value) if value not in (None, "") else default
     except (TypeError, ValueError):
         return default
+
+
+def _float_or(ds: Dataset, keyword: str, default: float) -> float:
+    value = ds.get(keyword)
+    try:
+        number = float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+    return number if np.isfinite(number) else default
 
 
 def _str_or_none(ds: Dataset, keyword: str) -> str | None:
