@@ -11,7 +11,11 @@ import importlib
 import logging
 import sys
 
-COMMANDS = {"pretrain": "training.pretrain_command", "build-manifest": "training.manifest_command"}
+COMMANDS = {
+    "pretrain": "training.pretrain_command",
+    "build-manifest": "training.manifest_command",
+    "linear-eval": "training.linear_eval_command",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
+
+ConfigT = TypeVar("ConfigT")
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,12 @@ def from_dict(values: dict[str, Any]) -> PretrainConfig:
     return _build(PretrainConfig, values, prefix="")
 
 
+def dataclass_from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+    """``from_dict`` for any config tree of frozen dataclasses (e.g. the downstream config)."""
+    result: ConfigT = _build(cls, values, prefix="")
+    return result
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
@@ -283,8 +291,12 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def apply_overrides(config: PretrainConfig, overrides: list[str]) -> PretrainConfig:
-    """Apply ``section.field=value`` strings, parsing values with each field's type."""
+def apply_overrides(config: ConfigT, overrides: list[str]) -> ConfigT:
+    """Apply ``section.field=value`` strings, parsing values with each field's type.
+
+    Works on any config whose fields are ``name`` and dataclass sections (PretrainConfig,
+    the downstream config); top-level scalar fields are set with ``field=value``.
+    """
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -293,11 +305,12 @@ def apply_overrides(config: PretrainConfig, overrides: list[str]) -> PretrainCon
     return config
 
 
-def _set(config: PretrainConfig, key: str, text: str) -> PretrainConfig:
-    if key == "name":
-        return replace(config, name=text)
+def _set(config: Any, key: str, text: str) -> Any:
+    top_hints = typing.get_type_hints(type(config))
+    if "." not in key and key in top_hints and not is_dataclass(top_hints[key]):
+        return replace(config, **{key: parse_value(text, top_hints[key], key=key)})
     section_name, _, field_name = key.partition(".")
-    sections = {f.name for f in fields(config)} - {"name"}
+    sections = {f.name for f in fields(config) if is_dataclass(top_hints[f.name])}
     if section_name not in sections:
         raise ValueError(f"unknown config section in {key!r}; known: {sorted(sections)}")
     section = getattr(config, section_name)

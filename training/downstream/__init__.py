@@ -1,0 +1,1 @@
+"""Downstream evaluation: linear evaluation, fine-tuning, metrics, reports and experiments."""

@@ -1,0 +1,186 @@
+"""The paper's linear-evaluation protocol on cached embeddings: five runs, select on validation.
+
+A linear layer on the CLS embedding, sigmoid + binary cross-entropy over the (image, label)
+pairs the label mask keeps (mean over those pairs in the batch). Adam, batch 64, at most 50
+epochs. Runs (REFERENCE section 1): lr 1e-3, 5e-4, 1e-4 with cosine annealing over the
+maximum number of epochs and early stopping on the validation macro AUROC (patience 5, min
+delta 1e-4); lr 5e-4, 1e-4 with ReduceLROnPlateau on the validation macro AUROC (factor 0.1,
+patience 10: torch's defaults, the paper gives none) and no early stopping. Each run keeps
+the head of its best validation epoch; the selected run is the one with the highest best
+validation macro AUROC (the first of equals). Every run starts from the same seeded head and
+batch order, so the runs differ only in their schedule.
+
+Each epoch the head sees one embedding per training image, drawn (seeded by epoch) from its
+plain view and its cached augmented copies (``training.downstream.embeddings``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.downstream.config import HeadConfig
+from training.downstream.labels import LabelMatrix
+from training.downstream.metrics import macro_auroc
+from training.early_stopping import EarlyStopping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    lr: float
+    schedule: str  # "cosine" (with early stopping) or "plateau" (ReduceLROnPlateau, none)
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    best_epoch: int  # 1-based
+    best_valid_macro_auroc: float
+    stopped: str  # "early_stopping" or "max_epochs"
+    history: list[dict[str, float]] = field(default_factory=list)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # the head at its best epoch
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "lr": self.spec.lr,
+            "schedule": self.spec.schedule,
+            "early_stopping": self.spec.schedule == "cosine",
+            "epochs_run": len(self.history),
+            "best_epoch": self.best_epoch,
+            "best_valid_macro_auroc": round(self.best_valid_macro_auroc, 6),
+            "stopped": self.stopped,
+            "history": self.history,
+        }
+
+
+def protocol_runs(config: HeadConfig) -> list[RunSpec]:
+    cosine = [RunSpec(f"cosine_lr{lr:g}", lr, "cosine") for lr in config.cosine_lrs]
+    return cosine + [RunSpec(f"plateau_lr{lr:g}", lr, "plateau") for lr in config.plateau_lrs]
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the pairs ``mask`` keeps (0 when it keeps none)."""
+    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def train_head(
+    spec: RunSpec,
+    train_views: np.ndarray,
+    train_labels: LabelMatrix,
+    valid_embeddings: np.ndarray,
+    valid_labels: LabelMatrix,
+    macro_columns: list[int],
+    config: HeadConfig,
+    *,
+    seed: int,
+) -> RunResult:
+    """One run. ``train_views`` [N, V, D]: V embeddings per image (plain first)."""
+    torch.manual_seed(seed)
+    head = nn.Linear(train_views.shape[2], train_labels.targets.shape[1])
+    optimizer = torch.optim.Adam(head.parameters(), lr=spec.lr, weight_decay=config.weight_decay)
+    scheduler: Any
+    if spec.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+    stopping = EarlyStopping(patience=config.patience, min_delta=config.min_delta)
+    targets = torch.from_numpy(train_labels.targets)
+    mask = torch.from_numpy(train_labels.mask.astype(np.float32))
+    valid = torch.from_numpy(valid_embeddings)
+    result = RunResult(spec, best_epoch=0, best_valid_macro_auroc=-np.inf, stopped="max_epochs")
+    for epoch in range(config.max_epochs):
+        loss = _epoch(head, optimizer, train_views, targets, mask, config.batch_size, seed=seed, epoch=epoch)
+        with torch.no_grad():
+            probabilities = torch.sigmoid(head(valid)).numpy()
+        score = macro_auroc(probabilities, valid_labels, macro_columns)
+        if score is None:
+            raise ValueError("the validation macro AUROC is undefined: no estimable label in valid")
+        lr = optimizer.param_groups[0]["lr"]
+        record = {"epoch": epoch + 1, "loss": round(loss, 6), "valid_macro_auroc": round(score, 6), "lr": lr}
+        result.history.append(record)
+        if score > result.best_valid_macro_auroc:
+            result.best_epoch, result.best_valid_macro_auroc = epoch + 1, score
+            result.state = copy.deepcopy(head.state_dict())
+        if spec.schedule == "cosine":
+            scheduler.step()
+            if stopping.update(-score, epoch):
+                result.stopped = "early_stopping"
+                break
+        else:
+            scheduler.step(score)
+    log.info(
+        "%s: best valid macro AUROC %.4f at epoch %d of %d (%s)",
+        spec.name,
+        result.best_valid_macro_auroc,
+        result.best_epoch,
+        len(result.history),
+        result.stopped,
+    )
+    return result
+
+
+def _epoch(
+    head: nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    train_views: np.ndarray,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+) -> float:
+    """One pass over the training images, one randomly chosen view each; the mean batch loss."""
+    rng = np.random.default_rng([seed, epoch])
+    count, views = train_views.shape[:2]
+    chosen = torch.from_numpy(train_views[np.arange(count), rng.integers(0, views, count)])
+    order = torch.from_numpy(rng.permutation(count))
+    losses = []
+    for start in range(0, count, batch_size):
+        batch = order[start : start + batch_size]
+        loss = masked_bce(head(chosen[batch]), targets[batch], mask[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def run_protocol(
+    train_views: np.ndarray,
+    train_labels: LabelMatrix,
+    valid_embeddings: np.ndarray,
+    valid_labels: LabelMatrix,
+    macro_columns: list[int],
+    config: HeadConfig,
+    *,
+    seed: int,
+) -> tuple[list[RunResult], RunResult]:
+    """Every run of the protocol and the one selected on validation."""
+    if not macro_columns:
+        raise ValueError(
+            "no label has training signal and both positives and negatives in the validation split: "
+            "nothing to select on"
+        )
+    results = [
+        train_head(
+            spec, train_views, train_labels, valid_embeddings, valid_labels, macro_columns, config, seed=seed
+        )
+        for spec in protocol_runs(config)
+    ]
+    best = max(results, key=lambda r: r.best_valid_macro_auroc)  # max keeps the first of equals
+    return results, best

@@ -1,0 +1,71 @@
+"""Linear evaluation of a pretrained encoder: the paper's protocol as one command.
+
+Examples:
+  cxr-msn linear-eval runs/smoke --config smoke --out runs/smoke-linear
+  cxr-msn linear-eval runs/vit_t-D/checkpoints/encoder.safetensors --manifest mimic.csv --out runs/t-D-lin
+  cxr-msn linear-eval runs/vit_t-D --set data.source=encoder --out runs/vit_t-D-linear
+  cxr-msn linear-eval ENCODER --manifest nih.csv --out runs/nih-linear   # a head trained and tested on NIH
+
+The frozen EMA target encoder embeds every image once (cached under data.cache_dir); five
+linear heads are trained (lr 1e-3, 5e-4, 1e-4 cosine + early stopping; 5e-4, 1e-4
+ReduceLROnPlateau), the best on validation macro AUROC is kept, and the test split is
+reported with 95 % bootstrap CIs. OUT gets classifier.safetensors (what `cxr-msn export`
+reads), metrics.json, predictions/{valid,test}.npz, config.json and version.json.
+Labels: uncertain (-1) follows labels.uncertain (zeros, ones, ignore); blanks (not annotated)
+are masked out of the loss and of every metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "linear evaluation of a frozen encoder (the paper's five runs), writes the classifier and metrics"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.downstream.cli import add_config_arguments
+
+    parser.add_argument(
+        "encoder",
+        type=Path,
+        nargs="?",
+        help="an encoder checkpoint (kind encoder), or a pretraining run folder: its "
+        "checkpoints/encoder.safetensors",
+    )
+    parser.add_argument("--out", type=Path, help="the folder to write (must not hold a metrics.json)")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.downstream.cli import fail, print_config, resolve_config
+
+    try:
+        config = resolve_config(args)
+        if args.print_config:
+            print_config(config)
+            return 0
+        if args.encoder is None or args.out is None:
+            raise ValueError("ENCODER and --out DIR are required")
+        from training.downstream.linear_eval import linear_eval
+
+        metrics = linear_eval(args.encoder, config, args.out)
+    except ValueError as exc:
+        return fail("linear-eval", exc)
+    print(json.dumps(headline(metrics)))
+    return 0
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The one-line summary printed at the end."""
+    test: Any = metrics["test"]
+    return {
+        "protocol": metrics["protocol"],
+        "selected_run": metrics.get("selected_run"),
+        "test_macro_auroc": test["macro"]["auroc"],
+        "test_macro_auprc": test["macro"]["auprc"],
+        "macro_labels": test["macro"]["labels"],
+        "trained_labels": metrics["trained_labels"],
+    }
