@@ -15,6 +15,7 @@ COMMANDS = {
     "pretrain": "training.pretrain_command",
     "build-manifest": "training.manifest_command",
     "linear-eval": "training.linear_eval_command",
+    "experiment": "training.experiment_command",
 }
 
 
