@@ -15,6 +15,10 @@ COMMANDS = {
     "pretrain": "training.pretrain_command",
     "build-manifest": "training.manifest_command",
     "linear-eval": "training.linear_eval_command",
+    "finetune": "training.finetune_command",
+    "evaluate": "training.evaluate_command",
+    "compare": "training.compare_command",
+    "report": "training.report_command",
     "experiment": "training.experiment_command",
 }
 

@@ -30,8 +30,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def paper_config(backbone: str, variant: str) -> PretrainConfig:
     """The paper's settings for ``backbone`` (vit_t, vit_s) and ``variant`` (see VARIANTS)."""
     if backbone not in ARCHITECTURES or variant not in VARIANTS:
-        raise ValueError(f"unknown paper config {backbone}-{variant}; backbones {list(ARCHITECTURES)}, "
-                         f"variants {list(VARIANTS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown paper config {backbone}-{variant}; backbones {list(ARCHITECTURES)}, "
+            f"variants {list(VARIANTS)}"
+        )
     return PretrainConfig(
         name=f"{backbone}-{variant}",
         model=ModelConfig(arch=ARCHITECTURES[backbone]),

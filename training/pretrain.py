@@ -56,13 +56,33 @@ from training.train_step import TrainParts, build_parts, train_step
 log = logging.getLogger(__name__)
 
 EPOCH_COLUMNS = (
-    "epoch", "loss", "cross_entropy", "mean_entropy", "lr", "momentum", "steps", "images",
-    "seconds", "images_per_s", "peak_rss_mb", "peak_cuda_mb", "best_loss", "bad_epochs",
-)  # fmt: skip
+    "epoch",
+    "loss",
+    "cross_entropy",
+    "mean_entropy",
+    "lr",
+    "momentum",
+    "steps",
+    "images",
+    "seconds",
+    "images_per_s",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+    "best_loss",
+    "bad_epochs",
+)
 STEP_COLUMNS = (
-    "epoch", "step", "loss", "cross_entropy", "mean_entropy", "lr", "weight_decay", "momentum",
-    "target_max", "distinct_targets",
-)  # fmt: skip
+    "epoch",
+    "step",
+    "loss",
+    "cross_entropy",
+    "mean_entropy",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "target_max",
+    "distinct_targets",
+)
 
 
 @dataclass
@@ -118,9 +138,13 @@ def _pretrain(config: PretrainConfig, out: Path, dist_info: DistInfo) -> dict[st
     logs = _open_logs(out, state, dist_info, steps_per_epoch)
     log.info(
         "pretraining %s on %d images (%s), %d steps per epoch, world size %d, device %s",
-        config.name, len(data.rows), data.summary["datasets"], steps_per_epoch, dist_info.world_size,
+        config.name,
+        len(data.rows),
+        data.summary["datasets"],
+        steps_per_epoch,
+        dist_info.world_size,
         dist_info.device,
-    )  # fmt: skip
+    )
     while not state.finished:
         stop = run_epoch(parts, loader, sampler, state, logs, dist_info, steps_per_epoch)
         if state.epoch >= config.train.epochs or stop:

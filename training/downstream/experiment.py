@@ -27,9 +27,8 @@ from typing import Any
 
 from training.config import PretrainConfig, apply_overrides
 from training.configs import ARCHITECTURES, VARIANTS, paper_config
-from training.downstream.artifact import load_predictions
+from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig
-from training.downstream.metrics import paired_comparison
 from training.run_folder import code_version, write_json
 
 log = logging.getLogger(__name__)
@@ -136,7 +135,9 @@ def collect_results(experiment: Experiment, out: Path) -> dict[str, Any]:
             "timing_s": timing,
         }
         if variant != experiment.variants[0]:
-            row["vs_baseline"] = compare_runs(folder / "linear", baseline_dir / "linear", experiment)
+            row["vs_baseline"] = compare_runs(
+                folder / "linear", baseline_dir / "linear", settings=experiment.downstream.metrics.bootstrap()
+            )
         rows.append(row)
     return {
         "backbone": experiment.backbone,
@@ -144,20 +145,6 @@ def collect_results(experiment: Experiment, out: Path) -> dict[str, Any]:
         "seed": experiment.seed,
         "rows": rows,
     }
-
-
-def compare_runs(run_a: Path, run_b: Path, experiment: Experiment | None = None) -> dict[str, Any]:
-    """Paired comparison of two runs' test predictions (A - B) on the labels both can score."""
-    a, b = load_predictions(run_a), load_predictions(run_b)
-    if a.paths != b.paths:
-        raise ValueError(f"{run_a} and {run_b} were tested on different images: not a paired comparison")
-    if (a.labels.targets != b.labels.targets).any() or (a.labels.mask != b.labels.mask).any():
-        raise ValueError(f"{run_a} and {run_b} have different test labels (another label policy?)")
-    labels_a = json.loads((run_a / "metrics.json").read_text())["test"]["macro"]["labels"]
-    labels_b = set(json.loads((run_b / "metrics.json").read_text())["test"]["macro"]["labels"])
-    common = [label for label in labels_a if label in labels_b]
-    settings = (experiment.downstream if experiment else DownstreamConfig()).metrics.bootstrap()
-    return paired_comparison(a.probabilities, b.probabilities, a.labels, common, settings=settings)
 
 
 def _ci(entry: dict[str, Any] | None) -> str:

@@ -1,0 +1,51 @@
+"""Fine-tune a pretrained encoder and a linear head together on fractions of the training labels.
+
+Examples:
+  cxr-msn finetune runs/smoke --config smoke --out runs/smoke-finetune
+  cxr-msn finetune runs/vit_t-D --set data.source=encoder --out runs/vit_t-D-finetune
+  cxr-msn finetune ENCODER --manifest mimic.csv --out runs/ft --set finetune.fractions=0.01,0.1
+
+For each fraction (default 1 %, 5 %, 10 %, 100 %) the training split is cut down by whole
+patients (seeded); the encoder is unfrozen; Adam, cosine annealing, early stopping on the
+validation macro AUROC. OUT/fraction_<f>/ holds classifier.safetensors, metrics.json and
+predictions/ as linear-eval writes them; OUT/summary.{json,md} tabulate the fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "fine-tune encoder + head on 1/5/10/100 % of the training labels (patient-level subsets)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.downstream.cli import add_config_arguments
+
+    parser.add_argument(
+        "encoder",
+        type=Path,
+        nargs="?",
+        help="an encoder checkpoint (kind encoder), or a pretraining run folder",
+    )
+    parser.add_argument("--out", type=Path, help="the folder to write (must not hold a summary.json)")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.downstream.cli import fail, print_config, resolve_config
+
+    try:
+        config = resolve_config(args)
+        if args.print_config:
+            print_config(config)
+            return 0
+        if args.encoder is None or args.out is None:
+            raise ValueError("ENCODER and --out DIR are required")
+        from training.downstream.finetune import finetune, summary_markdown
+
+        summary = finetune(args.encoder, config, args.out)
+    except ValueError as exc:
+        return fail("finetune", exc)
+    print(summary_markdown(summary["fractions"]), end="")
+    return 0
