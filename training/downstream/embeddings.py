@@ -30,7 +30,7 @@ import torch
 
 from cxrmsn.checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint, load_state_strictly
 from cxrmsn.fileio import atomic_write_bytes, sha256_file
-from cxrmsn.model import CXRClassifier
+from cxrmsn.model import CXRClassifier, architecture_spec
 from cxrmsn.preprocess import PreprocessConfig
 from training.downstream.config import AugmentConfig
 from training.downstream.images import FileViews, collate_views
@@ -69,6 +69,12 @@ def load_encoder(path: Path) -> Encoder:
         load_state_strictly(model.encoder, state, source=str(path))
     except CheckpointError as exc:
         raise ValueError(str(exc)) from None
+    size = architecture_spec(metadata.architecture).img_size
+    if metadata.preprocess_config.crop != size:
+        raise ValueError(
+            f"{path} was pretrained on {metadata.preprocess_config.crop} px target views, but the classifier "
+            f"takes {size} px inputs (as export and serving feed it): pretrain with views.target_size={size}"
+        )
     return Encoder(model=model.eval(), metadata=metadata, path=path, sha256=sha256_file(path))
 
 
