@@ -92,7 +92,9 @@ def benchmark_repository(
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
     manifest = read_manifest(repository)
-    names = variants or tuple(manifest.models)
+    # The pre-optimised fp32 file is specific to the CPU provider; int8 has only CPU kernels.
+    cpu_only = () if provider == "cpu" else ("fp32_optimised", "int8")
+    names = variants or tuple(name for name in manifest.models if name not in cpu_only)
     unknown = sorted(set(names) - set(manifest.models))
     if unknown:
         raise ValueError(f"variants {unknown} are not in the manifest; it has {sorted(manifest.models)}")
@@ -102,7 +104,8 @@ def benchmark_repository(
         reference = cpu_session(verified_model_path(repository, manifest, manifest.default_variant))
     timings = []
     for name in names:
-        session = _session(verified_model_path(repository, manifest, name), provider, threads)
+        path = verified_model_path(repository, manifest, name)
+        session = _session(path, provider, threads, max_batch=max(batch_sizes), image_size=image_size)
         for batch in batch_sizes:
             images = generated_images(batch, image_size=image_size, seed=batch)
             timing = summarise(name, batch, time_session(session, images, repeats=repeats, warmup=warmup))
@@ -113,7 +116,22 @@ def benchmark_repository(
     return timings
 
 
-def _session(path: Path, provider: str, threads: int) -> Any:
+def tensorrt_options(path: Path, *, max_batch: int, image_size: int) -> dict[str, str]:
+    """The TensorRT provider configured as configs/gpu.pbtxt configures Triton's accelerator."""
+    dims = f"3x{image_size}x{image_size}"
+    return {
+        "trt_fp16_enable": "True",
+        "trt_layer_norm_fp32_fallback": "True",
+        "trt_max_workspace_size": str(1 << 30),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(path.parent / ".trt_cache"),
+        "trt_profile_min_shapes": f"image:1x{dims}",
+        "trt_profile_opt_shapes": f"image:{min(8, max_batch)}x{dims}",
+        "trt_profile_max_shapes": f"image:{max_batch}x{dims}",
+    }
+
+
+def _session(path: Path, provider: str, threads: int, *, max_batch: int, image_size: int) -> Any:
     import onnxruntime as ort
 
     if provider == "cpu":
@@ -125,7 +143,10 @@ def _session(path: Path, provider: str, threads: int) -> Any:
         raise ValueError(f"onnxruntime here lacks {sorted(missing)}: install onnxruntime-gpu in its own venv")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=PROVIDERS[provider])
+    providers: list[Any] = list(PROVIDERS[provider])
+    if provider == "tensorrt":
+        providers[0] = (providers[0], tensorrt_options(path, max_batch=max_batch, image_size=image_size))
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def main(argv: list[str] | None = None) -> int:

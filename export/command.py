@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ort-optimised",
         choices=("auto", "always", "never"),
-        default="auto",
+        default="never",
         help="also write an onnxruntime graph-optimised fp32 model: auto keeps it only if it is "
-        "at least 10%% faster on this CPU at batch 1 and 8",
+        "at least 10%% faster on this CPU at batch 1 and 8 (so the result depends on the CPU's "
+        "load: the default never keeps exports reproducible)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing model repository at --out"

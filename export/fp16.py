@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-FP32_OP_TYPES = ("LayerNormalization", "Softmax")
+# Sigmoid too: probabilities near a threshold would otherwise move in fp16 steps (~5e-4).
+FP32_OP_TYPES = ("LayerNormalization", "Softmax", "Sigmoid")
 FP16_MAX = 65504.0
 #: A node whose fp32 output reaches this on the probe inputs stays fp32 (4x headroom).
 FP16_SAFE_LIMIT = FP16_MAX / 4
@@ -60,7 +61,7 @@ def activation_ranges(model: Any, images: np.ndarray) -> dict[str, float]:
 
 def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """The mixed-precision ModelProto and notes on what stayed fp32 and why."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     _name_unnamed_nodes(model.graph)
     ranges = activation_ranges(model, probe_images)
@@ -68,7 +69,7 @@ def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str
     converted = convert_float_to_float16(
         _copy_without_value_info(model),
         keep_io_types=True,
-        op_block_list=list(FP32_OP_TYPES),
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OP_TYPES],
         node_block_list=out_of_range,
     )
     removed = drop_cast_round_trips(converted.graph, {node.name for node in model.graph.node})

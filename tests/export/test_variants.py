@@ -35,7 +35,8 @@ def test_fp16_keeps_layernorm_and_softmax_in_fp32(nano_repository: Path) -> None
     model = onnx.load(str(nano_repository / "cxr_msn_fp16" / "1" / "model.onnx"))
     types = value_types(model)
     kept = [node for node in model.graph.node if node.op_type in FP32_OP_TYPES]
-    assert len(kept) == 2 * 2 + 1 + 1 + 2  # per block: 2 LayerNorm, 1 Softmax; final norm; side path
+    # per block: 2 LayerNorm, 1 Softmax; final norm; side path (norm, softmax); the output Sigmoid
+    assert len(kept) == 2 * 2 + 1 + 1 + 2 + 1
     for node in kept:
         assert all(types[name] == FLOAT for name in node.input if name), node.name
         assert all(types[name] == FLOAT for name in node.output), node.name
