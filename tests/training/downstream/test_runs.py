@@ -1,0 +1,160 @@
+"""Fine-tuning, external validation, paired comparison and the report, end to end on generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrmsn.checkpoint import load_checkpoint, load_classifier
+from cxrmsn.labels import LABELS
+from tests.helpers import to_jpeg
+from tests.training.downstream.fixtures import picture, small_config
+from training.data.chexpert import build_chexpert
+from training.data.manifest import write_manifest
+from training.downstream.compare import compare_runs
+from training.downstream.config import FinetuneConfig
+from training.downstream.evaluate import evaluate_classifier
+from training.downstream.finetune import finetune
+from training.downstream.linear_eval import linear_eval
+from training.downstream.report import pick_examples, write_report
+
+pytestmark = pytest.mark.slow
+CHEXPERT_ORDER = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
+
+
+@pytest.fixture(scope="module")
+def linear_run(manifest: Path, encoder_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    linear_eval(encoder_file, small_config(manifest, out / "cache"), out / "linear")
+    return out / "linear"
+
+
+def chexpert_root(folder: Path) -> Path:
+    """CheXpert-v1.0-small layout: train.csv, valid.csv (the external test set), JPEG files."""
+    root = folder / "CheXpert-v1.0-small"
+    for split, first, patients in (("train", 1, 4), ("valid", 64541, 10)):
+        rows = []
+        for patient in range(first, first + patients):
+            positive = patient % 2 == 1
+            relative = f"{root.name}/{split}/patient{patient:05d}/study1/view1_frontal.jpg"
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(to_jpeg(picture(positive, seed=100 + patient)))
+            values = {
+                "Cardiomegaly": "1.0" if positive else "0.0",
+                "No Finding": "" if positive else "1.0",
+                "Edema": "-1.0" if patient == 64543 else "",
+            }
+            rows.append(
+                [relative, "Female", 60, "Frontal", "PA", *(values.get(n, "") for n in CHEXPERT_ORDER)]
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_ORDER])
+            writer.writerows(rows)
+    return root
+
+
+def test_external_validation_on_a_chexpert_format_test_set(linear_run: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "chexpert.csv"
+    write_manifest(manifest, build_chexpert(chexpert_root(tmp_path), valid_fraction=0.25, seed=0))
+    config = small_config(manifest, tmp_path / "cache")
+    metrics = evaluate_classifier(linear_run / "classifier.safetensors", config, tmp_path / "external")
+    test = metrics["test"]
+    assert metrics["protocol"] == "external" and test["images"] == 10
+    assert test["macro"]["labels"] == ["Cardiomegaly"]  # No Finding has no negatives: blanks are not 0
+    assert test["per_label"]["No Finding"]["reason"] == "no negatives in the test split"
+    assert test["per_label"]["Edema"]["counted"] == 1  # the one uncertain image, as 0
+    assert test["per_label"]["Cardiomegaly"]["auroc"]["value"] > 0.8
+    point = metrics["operating_points"]["Cardiomegaly"]
+    assert (
+        0 <= point["sensitivity"] <= 1
+        and point["threshold"]
+        == load_classifier(linear_run / "classifier.safetensors")[1].thresholds["Cardiomegaly"]
+    )
+    with pytest.raises(ValueError, match="different images"):
+        compare_runs(tmp_path / "external", linear_run)
+
+
+def test_paired_comparison_of_runs(linear_run: Path, manifest: Path, tmp_path: Path) -> None:
+    from tests.training.downstream.fixtures import write_encoder
+
+    itself = compare_runs(linear_run, linear_run)
+    assert itself["difference"]["value"] == 0 and itself["images"] == 12
+    other = write_encoder(tmp_path / "other.safetensors", seed=1)
+    linear_eval(other, small_config(manifest, tmp_path / "cache"), tmp_path / "other")
+    result = compare_runs(tmp_path / "other", linear_run)
+    assert result["labels"] == ["Cardiomegaly", "Edema", "No Finding"]
+    assert result["macro_auroc_b"] == pytest.approx(
+        json.loads((linear_run / "metrics.json").read_text())["test"]["macro"]["auroc"]["value"], abs=1e-6
+    )
+    assert "over labels" in result["t_test"]["test"]
+
+
+def test_finetuning_on_label_fractions(manifest: Path, encoder_file: Path, tmp_path: Path) -> None:
+    base = small_config(manifest, tmp_path / "cache")
+    config = replace(base, finetune=FinetuneConfig(fractions=(0.5, 1.0), max_epochs=2, batch_size=8, lr=1e-3))
+    summary = finetune(encoder_file, config, tmp_path / "ft")
+    rows = {row["fraction"]: row for row in summary["fractions"]}
+    assert rows[0.5]["train_images"] == 12 and rows[0.5]["train_patients"] == 6
+    assert rows[1.0]["train_images"] == 24
+    assert (tmp_path / "ft" / "summary.md").read_text().count("\n") == 4
+    metrics = json.loads((tmp_path / "ft" / "fraction_0.5" / "metrics.json").read_text())
+    assert (
+        metrics["protocol"] == "finetune"
+        and len(metrics["history"]) <= 2
+        and metrics["encoder"]["frozen"] is False
+    )
+    tuned, _ = load_checkpoint(tmp_path / "ft" / "fraction_1" / "classifier.safetensors", kind="classifier")
+    original, _ = load_checkpoint(encoder_file, kind="encoder")
+    moved = [name for name in original if not torch.equal(original[name], tuned[f"encoder.{name}"])]
+    assert len(moved) > len(original) // 2  # the encoder was trained, not frozen
+    with pytest.raises(ValueError, match="already holds results"):
+        finetune(encoder_file, config, tmp_path / "ft")
+
+
+def test_report_writes_markdown_and_figures(linear_run: Path, tmp_path: Path) -> None:
+    path = write_report(linear_run, tmp_path / "report", attention_count=3)
+    text = path.read_text()
+    assert "not for clinical use" in text and "not annotated in the test split" in text
+    assert "| Cardiomegaly |" in text and "cosine_lr0.01" in text
+    for name in ("roc_curves.png", "pr_curves.png", "embeddings.png", "attention.png", "training_curves.png"):
+        with Image.open(tmp_path / "report" / name) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+        assert f"]({name})" in text
+    with pytest.raises(ValueError, match=r"metrics\.json"):
+        write_report(tmp_path, tmp_path / "nothing")
+
+
+def test_attention_examples_are_single_label_positives_one_per_label(linear_run: Path) -> None:
+    from training.downstream.artifact import load_predictions
+
+    predictions = load_predictions(linear_run)
+    chosen = pick_examples(predictions, ["Cardiomegaly", "No Finding", "Edema"], count=4)
+    positives = (predictions.labels.targets == 1) & predictions.labels.mask
+    for index, label in chosen:
+        assert positives[index].sum() == 1 and positives[index, LABELS.index(label)]
+    assert [label for _, label in chosen[:2]] != [chosen[0][1]] * 2
+    assert np.all([0 <= i < len(predictions.paths) for i, _ in chosen])
