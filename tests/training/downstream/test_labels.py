@@ -19,7 +19,7 @@ ATEL, CARDIO, FRACTURE = LABELS.index("Atelectasis"), LABELS.index("Cardiomegaly
 
 
 def row(dataset: str, values: dict[int, float | None], patient: str = "p") -> ManifestRow:
-    labels = [None] * NUM_LABELS
+    labels: list[float | None] = [None] * NUM_LABELS
     for index, value in values.items():
         labels[index] = value
     return ManifestRow(path="x.png", patient_id=patient, split="train", dataset=dataset, labels=tuple(labels))

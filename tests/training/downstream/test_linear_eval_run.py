@@ -11,6 +11,7 @@ import torch
 
 from cxrmsn.checkpoint import load_classifier, read_metadata
 from cxrmsn.labels import LABELS
+from cxrmsn.model import CXRClassifier
 from tests.training.downstream.fixtures import small_config
 from training.data.manifest import read_manifest, resolve_image_path
 from training.downstream.artifact import load_predictions
@@ -82,6 +83,7 @@ def test_classifier_checkpoint_is_what_export_needs(run: Path) -> None:
 
 def test_checkpoint_reproduces_the_reported_test_predictions(run: Path, manifest: Path) -> None:
     model, metadata = load_classifier(run / "classifier.safetensors")
+    assert isinstance(model, CXRClassifier)
     stored = load_predictions(run, "test")
     paths = [resolve_image_path(manifest, r) for r in read_manifest(manifest) if r.split == "test"]
     assert stored.paths == [str(p) for p in paths]
