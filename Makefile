@@ -12,7 +12,7 @@ PORT ?= 3000
 MODEL_REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: test serve lint typecheck install clean requirements bench
+.PHONY: test serve lint typecheck install clean requirements bench bundled-model
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: lint typecheck
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/cxr-msn serve --repository $(MODEL_REPOSITORY) --port $(PORT)
+
+# Train, evaluate, export and document the model `make serve` ships (recipes/bundled_model.json).
+# Needs ../shared/data; about an hour on 2 CPU cores.
+bundled-model: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m recipes.bundled_model
 
 # The benchmark suite: prints a table, writes benchmarks/results.{json,md}. Minutes, not seconds.
 bench: $(VENV)/.installed

@@ -1,0 +1,188 @@
+"""Train, evaluate, export and document the model that `make serve` ships.
+
+    make bundled-model            # = python -m recipes.bundled_model
+    python -m recipes.bundled_model --work runs/bundled --repository model_repository
+
+Steps, each a command of this project (the recipe is recipes/bundled_model.json):
+pretrain (MSN + EHR), linear-eval (the paper's protocol), the pixel baseline, export
+(ONNX fp32 + int8, measured on the validation split), regression values for two fixed
+inputs, and MODEL_CARD.md. A step recorded as finished in WORK/pipeline.json is reused, so
+a killed run continues where it stopped (pretraining itself resumes from its last epoch).
+Seeded; the run time of every step is written to WORK/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrmsn.fileio import atomic_write_text, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = Path(__file__).with_name("bundled_model.json")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REGRESSION_FILE = "regression.json"
+
+
+def cxr_msn(*args: str) -> None:
+    command = [str(Path(sys.executable).with_name("cxr-msn")), *args]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+class Pipeline:
+    def __init__(self, work: Path, repository: Path, recipe: dict[str, Any]) -> None:
+        self.work, self.repository, self.recipe = work, repository, recipe
+        self.log_path = work / "pipeline.json"
+        self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
+
+    def step(self, name: str, action: Any) -> None:
+        if name in self.log:
+            print(f"= {name}: done in an earlier run ({self.log[name]['seconds']} s), reused", flush=True)
+            return
+        started = time.monotonic()
+        action()
+        self.log[name] = {"seconds": round(time.monotonic() - started, 1), "finished": time.strftime("%F %T")}
+        atomic_write_text(self.log_path, json.dumps(self.log, indent=2) + "\n")
+
+    def run(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        pretrain, linear = self.work / "pretrain", self.work / "linear"
+        self.step("pretrain", self.pretrain)
+        self.step("linear_eval", lambda: cxr_msn(
+            "linear-eval", str(pretrain), "--out", str(linear), "--set", *self.recipe["linear_eval"]["set"]
+        ))  # fmt: skip
+        self.step("baseline", self.baseline)
+        self.step("export", self.export)
+        self.step("regression", self.regression)
+        from recipes.model_card import write_model_card
+
+        write_model_card(self.work, self.repository, self.recipe, ROOT / "MODEL_CARD.md")
+        total = sum(entry["seconds"] for entry in self.log.values())
+        print(f"bundled model written to {self.repository}; steps took {total / 60:.1f} min in total")
+
+    def pretrain(self) -> None:
+        settings = self.recipe["pretrain"]
+        overrides = [value.format(shared=SHARED_DATA) for value in settings["set"]]
+        out = self.work / "pretrain"
+        if (out / "config.json").is_file():  # a killed run: continue it with its own config
+            cxr_msn("pretrain", "--out", str(out), "--resume")
+        else:
+            cxr_msn("pretrain", "--config", settings["config"], "--out", str(out), "--set", *overrides)
+
+    def baseline(self) -> None:
+        from recipes.baseline import fit_and_score
+
+        result = fit_and_score(self.manifest(), components=self.recipe["baseline"]["components"])
+        atomic_write_text(self.work / "baseline.json", json.dumps(result, indent=2) + "\n")
+
+    def export(self) -> None:
+        valid = self.validation_csv()
+        classifier = self.work / "linear" / "classifier.safetensors"
+        variants = self.recipe["export"]["variants"]
+        cxr_msn("export", str(classifier), "--out", str(self.repository), "--variants", variants,
+                "--validation-manifest", str(valid), "--overwrite")  # fmt: skip
+
+    def regression(self) -> None:
+        write_regression_values(self.repository)
+
+    def manifest(self) -> Path:
+        return self.work / "pretrain" / "manifest.csv"
+
+    def validation_csv(self) -> Path:
+        """The validation split of the run's manifest, with absolute image paths."""
+        from training.data.manifest import read_manifest, resolve_image_path
+
+        out = self.work / "valid.csv"
+        rows = [row for row in read_manifest(self.manifest()) if row.split == "valid"]
+        with out.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            from cxrmsn.labels import LABELS
+
+            writer.writerow(["path", *LABELS])
+            for row in rows:
+                values = ["" if v is None else str(int(v)) for v in row.labels]
+                writer.writerow([str(resolve_image_path(self.manifest(), row)), *values])
+        return out
+
+
+def regression_inputs() -> dict[str, bytes]:
+    """Two fixed inputs: a generated picture (PNG) and pydicom-data's chest CR (RG1)."""
+    import io
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    rows, cols = np.mgrid[0:256, 0:240].astype(np.float64)
+    picture = 0.5 + 0.25 * np.sin(rows / 17.0) * np.cos(cols / 23.0) + 0.2 * (cols / 240.0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if path is None:
+        raise RuntimeError("pydicom-data is not installed (the dev extra has it)")
+    return {"generated.png": buffer.getvalue(), "pydicom-data RG1_UNCR.dcm": Path(path).read_bytes()}
+
+
+def predict_regression_inputs(repository: Path, variant: str) -> dict[str, dict[str, float]]:
+    os.environ.setdefault("MODEL_REPOSITORY", str(repository))
+    from serving.predictor import load_predictor
+
+    predictor = load_predictor(repository, variant=variant)
+    results = {}
+    for name, data in regression_inputs().items():
+        prepared = predictor.prepare(data)
+        probabilities, _ = predictor.infer(prepared.model_input[None])
+        results[name] = {
+            label: float(p) for label, p in zip(predictor.manifest.labels, probabilities[0], strict=True)
+        }
+    return results
+
+
+def write_regression_values(repository: Path) -> None:
+    """Store the served probabilities of the fixed inputs with the model, listed in its manifest."""
+    from cxrmsn.repository import read_manifest, write_manifest
+
+    manifest = read_manifest(repository)
+    values = {variant: predict_regression_inputs(repository, variant) for variant in sorted(manifest.models)}
+    document = {
+        "about": "probabilities the bundled model gives for two fixed inputs (recipes/bundled_model.py "
+        "regression_inputs); tests/bundled checks the served model still gives them",
+        "tolerance": 1e-5,
+        "variants": values,
+    }
+    atomic_write_text(repository / REGRESSION_FILE, json.dumps(document, indent=2) + "\n")
+    manifest.files[REGRESSION_FILE] = sha256_file(repository / REGRESSION_FILE)
+    write_manifest(repository, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.bundled_model", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bundled", help="run folder")
+    parser.add_argument(
+        "--repository", type=Path, default=ROOT / "model_repository", help="where the model goes"
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete --work first and run every step")
+    args = parser.parse_args(argv)
+    if not SHARED_DATA.is_dir():
+        print(f"{SHARED_DATA} is absent: the bundled model is trained on its public images", file=sys.stderr)
+        return 2
+    if args.fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+    Pipeline(args.work, args.repository, json.loads(RECIPE.read_text())).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
