@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -134,7 +133,6 @@ def regression_inputs() -> dict[str, bytes]:
 
 
 def predict_regression_inputs(repository: Path, variant: str) -> dict[str, dict[str, float]]:
-    os.environ.setdefault("MODEL_REPOSITORY", str(repository))
     from serving.predictor import load_predictor
 
     predictor = load_predictor(repository, variant=variant)
