@@ -16,7 +16,9 @@ mortality  mortality                      0 / 1
 Groups: ``D`` = age + sex, ``SM`` = view + position, ``SI`` = icu + mortality, ``all``.
 An unknown value makes all of its feature's columns missing (NaN); the missing values are
 filled by scikit-learn's IterativeImputer around a random forest, fitted on training-split
-rows only and saved with the run (``EHRPipeline.save``).
+rows only and saved with the run (``EHRPipeline.save``). The imputer always reads every
+feature, whichever are chosen, so that a single chosen feature (``age``, ``sex`` ...) is
+still predicted from the others, as the paper imputed its whole EHR table.
 """
 
 from __future__ import annotations
@@ -109,10 +111,16 @@ class EHRPipeline:
     age_max: float
     imputer: Any = None
     fit_summary: dict[str, Any] | None = None
+    imputer_features: tuple[str, ...] = tuple(FEATURES)  # what the imputer reads (runs before the
+    # fix imputed only the chosen features: their saved encoding.json has no imputer_features)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return encoded_columns(self.features)
+
+    def _chosen(self, full: np.ndarray) -> np.ndarray:
+        all_columns = encoded_columns(self.imputer_features)
+        return full[:, [all_columns.index(column) for column in self.columns]]
 
     @classmethod
     def fit(
@@ -131,21 +139,23 @@ class EHRPipeline:
         if any(row.split != "train" for row in train_rows):
             raise ValueError("the EHR imputer must be fitted on training-split rows only")
         pipeline = cls(tuple(features), age_min, age_max)
-        matrix = encode(train_rows, pipeline.features, age_min=age_min, age_max=age_max)
-        if len(matrix) > fit_rows:
-            matrix = matrix[np.random.default_rng(seed).choice(len(matrix), fit_rows, replace=False)]
+        full = encode(train_rows, pipeline.imputer_features, age_min=age_min, age_max=age_max)
+        if len(full) > fit_rows:
+            full = full[np.random.default_rng(seed).choice(len(full), fit_rows, replace=False)]
+        matrix = pipeline._chosen(full)
         pipeline.fit_summary = _missing_summary(matrix, pipeline.columns)
         if matrix.size and np.isnan(matrix).any():
             pipeline.imputer = _sequential_predictions(
-                _make_imputer(trees=trees, max_iter=max_iter, seed=seed).fit(matrix)
+                _make_imputer(trees=trees, max_iter=max_iter, seed=seed).fit(full)
             )
         return pipeline
 
     def transform(self, rows: Sequence[ManifestRow]) -> np.ndarray:
         """[len(rows), n] float32 with no missing values."""
-        matrix = encode(rows, self.features, age_min=self.age_min, age_max=self.age_max)
+        full = encode(rows, self.imputer_features, age_min=self.age_min, age_max=self.age_max)
+        matrix = self._chosen(full)
         if self.imputer is not None and np.isnan(matrix).any():
-            matrix = self.imputer.transform(matrix)
+            matrix = self._chosen(self.imputer.transform(full))
         if np.isnan(matrix).any():
             raise ValueError(
                 "EHR values are missing but the imputer saw no missing values at fit time: "
@@ -178,6 +188,7 @@ class EHRPipeline:
             age_max=float(description["age_max"]),
             imputer=joblib.load(folder / "imputer.joblib"),
             fit_summary=description["fit_summary"],
+            imputer_features=tuple(description.get("imputer_features", description["features"])),
         )
 
     def _description(self) -> dict[str, Any]:
@@ -186,6 +197,7 @@ class EHRPipeline:
         return {
             "features": list(self.features),
             "columns": list(self.columns),
+            "imputer_features": list(self.imputer_features),
             "age_min": self.age_min,
             "age_max": self.age_max,
             "imputer": None if self.imputer is None else repr(self.imputer),

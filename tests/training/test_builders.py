@@ -189,6 +189,7 @@ MIMIC_IMAGES = [
     ("a1", "10000032", "50000001", "AP", "21800506", "223000.000", "Erect", "train"),
     ("a2", "10000032", "50000001", "LATERAL", "21800506", "223000.000", "Erect", "train"),
     ("a3", "10000032", "50000002", "PA", "21820701", "81500.5", "", "train"),  # 08:15:00.5, zero dropped
+    ("a4", "10000032", "50000005", "AP", "21820630", "070000", "", "train"),  # ED, 3 h before admission 2
     ("b1", "10000764", "50000003", "PA", "21321014", "120000", "Recumbent", "validate"),
     ("c1", "10001000", "50000004", "AP AXIAL", "21500101", "1000", "", "test"),
 ]
@@ -262,7 +263,8 @@ def _mimic_roots(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_mimic_joins_cxr_and_mimic_iv_with_shifted_dates(tmp_path: Path) -> None:
     rows = {Path(r.path).stem: r for r in build_mimic(*_mimic_roots(tmp_path))}
-    assert set(rows) == {"a1", "a2", "a3", "b1", "c1"} and all(Path(r.path).is_file() for r in rows.values())
+    assert set(rows) == {"a1", "a2", "a3", "a4", "b1", "c1"}
+    assert all(Path(r.path).is_file() for r in rows.values())
     _assert_patient_level(list(rows.values()))
     a1, a2, a3, b1, c1 = (rows[k] for k in ("a1", "a2", "a3", "b1", "c1"))
     # age = study year - (anchor_year - anchor_age); study inside admission 1 (no ICU, survived)
@@ -275,6 +277,8 @@ def test_mimic_joins_cxr_and_mimic_iv_with_shifted_dates(tmp_path: Path) -> None
     # two years later, inside ICU stay and the admission that ended in death
     assert (a3.age, a3.icu, a3.mortality, a3.position) == (54.0, 1, 1, "")
     assert set(a3.labels) == {0.0}
+    # joined by date: an emergency X-ray hours before admission 2 belongs to it (died: 1), no ICU yet
+    assert (rows["a4"].mortality, rows["a4"].icu) == (1, 0)
     # outside every admission: mortality unknown, not in ICU
     assert (b1.age, b1.sex, b1.view, b1.position, b1.icu, b1.mortality, b1.split) == (
         86.0, "M", "PA", "recumbent", 0, None, "valid",

@@ -86,6 +86,16 @@ def test_imputer_fills_missing_values_from_related_features() -> None:
     ] == pytest.approx(0.2)
 
 
+def test_a_single_chosen_feature_is_imputed_from_the_other_features() -> None:
+    rows = _training_rows()
+    pipeline = EHRPipeline.fit(rows, ("age",), **FIT)  # type: ignore[arg-type]
+    filled = pipeline.transform(rows)
+    assert filled.shape == (60, 1) and not np.isnan(filled).any()
+    old = [i for i, r in enumerate(rows) if r.age is None and r.sex == "M"]
+    young = [i for i, r in enumerate(rows) if r.age is None and r.sex == "F"]
+    assert old and young and filled[old, 0].min() > filled[young, 0].max()  # not the column mean
+
+
 def test_imputer_is_fitted_on_training_rows_only() -> None:
     with pytest.raises(ValueError, match="training-split rows only"):
         EHRPipeline.fit([*_training_rows(), _row(99, "valid", age=40.0)], ("age",), **FIT)  # type: ignore[arg-type]

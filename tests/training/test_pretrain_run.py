@@ -160,6 +160,12 @@ def test_resume_refuses_new_settings(tmp_path: Path) -> None:
 
 
 def test_two_ddp_processes_end_with_identical_weights(manifest: Path, tmp_path: Path) -> None:
+    """A real 2-process torchrun run finishes and both ranks hold the same weights.
+
+    DDP averages gradients and buffers are broadcast before each checkpoint, so equal weights
+    are close to guaranteed once the run completes; that the 2-rank step equals one process
+    on the global batch is tested in test_distributed_loss.py.
+    """
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

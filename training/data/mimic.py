@@ -128,14 +128,19 @@ def load_patients(path: Path) -> dict[str, Patient]:
 
 
 def load_intervals(path: Path, start: str, end: str, value: str | None) -> dict[str, Intervals]:
-    """Per subject, intervals sorted by start; ``value`` names a 0/1 column (None: always 1)."""
+    """Per subject, intervals sorted by start; ``value`` names a 0/1 column (None: always 1).
+
+    Intervals cover whole days (from the start of the first day to the end of the last), so
+    that a study is joined by its date, as the paper does: an emergency-department X-ray taken
+    hours before admission still belongs to that admission.
+    """
     required = ("subject_id", start, end) + ((value,) if value else ())
     found: dict[str, list[tuple[datetime, datetime, int]]] = defaultdict(list)
     for v in read_table(path, required=required):
         if not v[start] or not v[end]:
             continue
         found[v["subject_id"]].append(
-            (_parse_time(v[start]), _parse_time(v[end]), int(v[value]) if value else 1)
+            (_day_start(_parse_time(v[start])), _day_end(_parse_time(v[end])), int(v[value]) if value else 1)
         )
     result = {}
     for subject, items in found.items():
@@ -149,6 +154,14 @@ def load_study_labels(path: Path) -> dict[tuple[str, str], tuple[float | None, .
         (v["subject_id"], v["study_id"]): tuple(parse_label(v[name]) for name in LABELS)
         for v in read_table(path, required=("subject_id", "study_id", *LABELS))
     }
+
+
+def _day_start(moment: datetime) -> datetime:
+    return datetime.combine(moment.date(), datetime.min.time())
+
+
+def _day_end(moment: datetime) -> datetime:
+    return datetime.combine(moment.date(), datetime.max.time())
 
 
 def _icu(subject: str, moment: datetime, patient: Patient | None, stays: dict[str, Intervals]) -> int | None:

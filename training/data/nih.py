@@ -52,7 +52,9 @@ def build_nih(root: Path, *, valid_fraction: float = 0.1, seed: int = 0) -> list
     if missing:
         raise FileNotFoundError(f"{len(missing)} images of the NIH table are not under {root}: {missing[:3]}")
     splits = _patient_splits(root, entries, valid_fraction=valid_fraction, seed=seed)
-    return [_row(entry, images[entry["Image Index"]], splits[entry["Patient ID"]]) for entry in entries]
+    return [
+        _row(entry, images[entry["Image Index"]], splits[entry["Patient ID"].strip()]) for entry in entries
+    ]
 
 
 def nih_labels(findings: str) -> tuple[float | None, ...]:
