@@ -1,7 +1,8 @@
 """``python -m training COMMAND``: the training subcommands without an installed entry point.
 
-The same modules are registered as ``cxr-msn pretrain`` and ``cxr-msn build-manifest``;
-this entry also suits ``torchrun ... -m training pretrain ...``.
+The same modules are (or are to be) registered as ``cxr-msn pretrain``, ``build-manifest``,
+``linear-eval``, ``finetune``, ``evaluate``, ``compare``, ``report`` and ``experiment``; this
+entry also suits ``torchrun ... -m training pretrain ...``.
 """
 
 from __future__ import annotations

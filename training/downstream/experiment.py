@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cxrmsn.fileio import atomic_write_text
 from training.config import PretrainConfig, apply_overrides
 from training.configs import ARCHITECTURES, VARIANTS, paper_config
 from training.downstream.compare import compare_runs
@@ -86,7 +87,7 @@ def run_experiment(experiment: Experiment, out: Path) -> dict[str, Any]:
         run_variant(experiment, variant, out / f"{experiment.backbone}-{variant}")
     results = collect_results(experiment, out)
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(results_markdown(results))
+    atomic_write_text(out / "results.md", results_markdown(results))
     return results
 
 

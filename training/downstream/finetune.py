@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cxrmsn.fileio import atomic_write_text
 from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
 from training.data.cache import load_or_build_cache
@@ -75,7 +76,7 @@ def finetune(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict[st
         rows.append(_summary_row(fraction, metrics))
     summary = {"encoder": encoder_summary(encoder), "fractions": rows}
     write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(summary_markdown(rows))
+    atomic_write_text(out / "summary.md", summary_markdown(rows))
     return summary
 
 
