@@ -216,7 +216,11 @@ def _encoder_lines(metrics: dict[str, Any]) -> list[str]:
         )
     data = metrics.get("training_data") or metrics.get("data") or {}
     if "summary" in data:
-        lines.append(f"- Data: {data['summary']}; label policy: {data.get('label_policy')}")
+        policy = data.get("label_policy") or {}
+        lines.append(
+            f"- Data: {data['summary']}; uncertain labels: {policy.get('uncertain')}; "
+            f"blank labels: {policy.get('blank')}"
+        )
     return lines
 
 
