@@ -16,13 +16,19 @@ def cxr_msn(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([executable, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_help_lists_the_core_subcommands() -> None:
+def test_every_subcommand_has_working_help() -> None:
+    from cxrmsn.cli import _commands
+
     result = cxr_msn("--help")
-    assert result.returncode == 0
-    assert "info" in result.stdout and "init-checkpoint" in result.stdout
-    for command in ("info", "init-checkpoint"):
+    assert result.returncode == 0, result.stderr
+    commands = list(_commands())
+    assert {"info", "init-checkpoint", "export", "serve", "predict", "pretrain", "linear-eval"} <= set(
+        commands
+    )
+    for command in commands:
+        assert command in result.stdout
         sub = cxr_msn(command, "--help")
-        assert sub.returncode == 0 and "usage: cxr-msn " + command in sub.stdout
+        assert sub.returncode == 0 and "usage: cxr-msn " + command in sub.stdout, sub.stderr
 
 
 def test_info_prints_metadata_and_errors(tmp_path: Path) -> None:
