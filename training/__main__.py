@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(path)
         sub = subparsers.add_parser(
             name,
-            help=module.HELP,
+            help=module.HELP.replace("%", "%%"),  # argparse %-formats help strings
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

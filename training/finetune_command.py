@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "fine-tune encoder + head on 1/5/10/100 % of the training labels (patient-level subsets)"
+HELP = "fine-tune encoder + head on 1, 5, 10 and 100 percent of the training labels (patient-level)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,6 +44,13 @@ def test_modules_follow_the_cli_contract() -> None:
         assert undocumented == [], f"{module.__name__}: options without help: {undocumented}"
 
 
+def test_the_command_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(name in listing for name in NAMES)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
