@@ -96,13 +96,14 @@ def curves_figure(
         ax.set_xlabel("1 - specificity" if kind == "roc" else "recall", fontsize=7)
         ax.set_ylabel("sensitivity" if kind == "roc" else "precision", fontsize=7)
         ax.tick_params(labelsize=6)
+        top = kind == "pr"  # precision-recall curves run low for rare labels: annotate above them
         ax.text(
             0.98,
-            0.04,
-            f"{metric.upper()} {_fmt_metric(entry[metric])}\n{entry['positives']} pos / "
-            f"{entry['negatives']} neg",
+            0.96 if top else 0.04,
+            f"{metric.upper()} {_fmt_metric(entry[metric])}\n"
+            f"{entry['positives']} pos / {entry['negatives']} neg",
             ha="right",
-            va="bottom",
+            va="top" if top else "bottom",
             fontsize=7,
             transform=ax.transAxes,
         )
