@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.duration <= 0:
         raise SystemExit("--clients must be >= 1 and --duration > 0")
     payloads = [(path.name, path.read_bytes()) for path in args.files]
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     report = asyncio.run(load_test(args.url, payloads, args.clients, args.duration, args.timeout, args.pid))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["server_errors"] == 0 and report["dropped"] == 0 else 1

@@ -9,6 +9,7 @@ Not for clinical use unless validated.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,6 +57,9 @@ class CXRService:
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self.predictor.infer, max_batch_size=CONFIG.max_batch_size)
         self.batcher.on_batch = self.metrics.observe_batch
+        # Decoding runs in threads; bound them (anyio's default pool has 40) so that memory
+        # and CPU stay proportional to the cores, not to the number of open requests.
+        self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         LOGGER.info(
             "serving %s %s (%s, sha256 %s...) with %s",
             self.predictor.manifest.name,
@@ -99,8 +103,10 @@ class CXRService:
 
     async def _predict_one(self, path: Path, overlay: bool) -> PredictResponse | ErrorResponse:
         try:
-            data = await anyio.to_thread.run_sync(path.read_bytes)
-            prepared: PreparedImage = await anyio.to_thread.run_sync(self.predictor.prepare, data)
+            data = await anyio.to_thread.run_sync(path.read_bytes, limiter=self.decode_slots)
+            prepared: PreparedImage = await anyio.to_thread.run_sync(
+                self.predictor.prepare, data, limiter=self.decode_slots
+            )
         except DecodeError as error:
             _STATUS.setdefault(error.code, error.http_status)
             self.metrics.count_error(error.code)
@@ -113,7 +119,8 @@ class CXRService:
             self.metrics.count_error("inference_failed")
             return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
         result = await anyio.to_thread.run_sync(
-            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay)
+            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay),
+            limiter=self.decode_slots,
         )
         return PredictResponse.model_validate(result)
 
