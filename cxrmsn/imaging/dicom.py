@@ -174,7 +174,7 @@ def _has_voi_lut(ds: Dataset) -> bool:
 
 def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
     item = ds.VOILUTSequence[0]
-    _, first_mapped, output_bits = (int(v) for v in item.LUTDescriptor)
+    first_mapped, output_bits = _lut_descriptor(item)
     if _int_or(ds, "PixelRepresentation", 0) == 1 and first_mapped > 32767:
         first_mapped -= 65536  # the descriptor is read as US; signed data maps from a negative value
     lut = _lut_entries(item.LUTData)
@@ -183,6 +183,17 @@ def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
     index = np.clip(np.rint(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
     top = max(float(2**output_bits - 1), float(lut.max()))
     return lut[index] / top
+
+
+def _lut_descriptor(item: Dataset) -> tuple[int, int]:
+    """(first mapped value, output bits) from a LUTDescriptor, or CorruptInputError."""
+    try:
+        _, first_mapped, output_bits = (int(value) for value in item.LUTDescriptor)
+    except (TypeError, ValueError, AttributeError):
+        raise CorruptInputError("the VOI LUT Sequence has an invalid LUT Descriptor") from None
+    if not 1 <= output_bits <= 16:
+        raise CorruptInputError(f"the VOI LUT declares {output_bits}-bit output; 1 to 16 are valid")
+    return first_mapped, output_bits
 
 
 def _lut_entries(data: object) -> np.ndarray:
