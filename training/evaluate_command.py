@@ -33,15 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.downstream.cli import fail, print_config, resolve_config
+    from training.downstream.cli import config_for_run, fail
 
     try:
-        config = resolve_config(args)
-        if args.print_config:
-            print_config(config)
+        config = config_for_run(args, source="classifier")
+        if config is None:
             return 0
-        if args.classifier is None or args.out is None:
-            raise ValueError("CLASSIFIER and --out DIR are required")
         from training.downstream.evaluate import evaluate_classifier
 
         metrics = evaluate_classifier(args.classifier, config, args.out, split=args.split)

@@ -33,15 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.downstream.cli import fail, print_config, resolve_config
+    from training.downstream.cli import config_for_run, fail
 
     try:
-        config = resolve_config(args)
-        if args.print_config:
-            print_config(config)
+        config = config_for_run(args, source="encoder")
+        if config is None:
             return 0
-        if args.encoder is None or args.out is None:
-            raise ValueError("ENCODER and --out DIR are required")
         from training.downstream.finetune import finetune, summary_markdown
 
         summary = finetune(args.encoder, config, args.out)

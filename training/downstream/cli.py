@@ -46,6 +46,21 @@ def resolve_config(args: argparse.Namespace) -> DownstreamConfig:
     return apply_overrides(named_config(args.config), overrides)
 
 
+def config_for_run(args: argparse.Namespace, *, source: str) -> DownstreamConfig | None:
+    """The resolved config, or None once it has been printed for --print-config.
+
+    ``source`` names the positional argument (``encoder``, ``classifier``) that, with --out,
+    a real run needs; ValueError when either is missing.
+    """
+    config = resolve_config(args)
+    if args.print_config:
+        print_config(config)
+        return None
+    if getattr(args, source) is None or args.out is None:
+        raise ValueError(f"{source.upper()} and --out DIR are required")
+    return config
+
+
 def print_config(config: DownstreamConfig) -> None:
     print(json.dumps(config_to_dict(config), indent=2))
 
