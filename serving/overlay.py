@@ -24,11 +24,8 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return _ANCHORS[low] * (1 - fraction) + _ANCHORS[low + 1] * fraction
 
 
-def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> bytes:
-    """The region the model saw (its resize and centre crop), with attention blended over it.
-
-    ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map.
-    """
+def model_view(grey: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
+    """The region the model saw (its resize and centre crop) at ``OVERLAY_SIDE`` pixels, in [0, 1]."""
     scale = OVERLAY_SIDE / preprocessing.crop
     view = PreprocessConfig(
         resize=round(preprocessing.resize * scale),
@@ -36,7 +33,15 @@ def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: Preproce
         mean=preprocessing.mean,
         std=preprocessing.std,
     )
-    background = resize_and_crop(grey, view)
+    return resize_and_crop(grey, view)
+
+
+def overlay_rgb(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
+    """The model's view with attention blended over it: uint8 [side, side, 3].
+
+    ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map.
+    """
+    background = model_view(grey, preprocessing)
     peak = float(attention.max())
     heat = attention / peak if peak > 0 else attention
     heat_image = Image.fromarray(heat.astype(np.float32), mode="F").resize(
@@ -45,6 +50,17 @@ def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: Preproce
     heat_up = np.clip(np.asarray(heat_image), 0.0, 1.0)
     alpha = (0.15 + 0.5 * heat_up)[..., None]
     rgb = background[..., None] * 255.0 * (1 - alpha) + colour_map(heat_up) * alpha
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 grey [h, w] or RGB [h, w, 3], or float grey in [0, 1], as PNG bytes."""
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> bytes:
+    return png_bytes(overlay_rgb(grey, attention, preprocessing))

@@ -19,7 +19,7 @@ from cxrmsn.preprocess import preprocess
 from cxrmsn.repository import RepositoryManifest, read_manifest, verified_model_path
 from serving.backends import Backend, create_backend
 from serving.config import ServingConfig
-from serving.overlay import overlay_png
+from serving.overlay import model_view, overlay_png, png_bytes
 
 UNTRAINED_WARNING = (
     "the model had no training signal for: {labels}; their probabilities are reported "
@@ -63,6 +63,7 @@ class Predictor:
         attention: np.ndarray,
         *,
         overlay: bool,
+        image: bool = False,
     ) -> dict[str, Any]:
         labels = self.manifest.labels
         by_label = {label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)}
@@ -87,6 +88,9 @@ class Predictor:
         if overlay:
             png = overlay_png(prepared.decoded.pixels, attention, self.preprocessing)
             result["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
+        if image:
+            view = png_bytes(model_view(prepared.decoded.pixels, self.preprocessing))
+            result["image_png_base64"] = base64.b64encode(view).decode("ascii")
         return result
 
     def positive_labels(self, probabilities: dict[str, float]) -> list[str]:

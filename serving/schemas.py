@@ -54,6 +54,13 @@ class PredictResponse(BaseModel):
         default=None,
         description="with overlay=true: the attention heatmap over the image, PNG, base64",
     )
+    image_png_base64: str | None = Field(
+        default=None,
+        description=(
+            "with image=true: the region the model saw (resize and centre crop) as a grey PNG "
+            "at 448 x 448, base64; the attention grid maps onto it"
+        ),
+    )
 
 
 class ErrorResponse(BaseModel):

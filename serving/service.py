@@ -8,22 +8,27 @@ Not for clinical use unless validated.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import bentoml
+from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cxrmsn.errors import DecodeError
+from serving import dicom_output
 from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
 from serving.middleware import UploadLimitMiddleware
+from serving.overlay import overlay_rgb
 from serving.predictor import Predictor, PreparedImage
 from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
@@ -37,6 +42,18 @@ if _PROBLEM:
     raise SystemExit(f"cxr-msn: {_PROBLEM}")
 
 model_api = FastAPI(title="cxr-msn model information", version="1")
+UI_FOLDER = Path(__file__).with_name("ui")
+UI_ASSETS = {"ui.js": "text/javascript", "ui.css": "text/css"}
+# The page loads nothing from other origins (the service usually runs offline).
+UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+ModelOutcome = tuple[PreparedImage, Any, Any, Any]  # prepared, probabilities, attention, DICOM header
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
@@ -74,9 +91,10 @@ class CXRService:
         self,
         file: Annotated[Path, Field(description="a chest X-ray: DICOM, PNG or JPEG (detected by content)")],
         overlay: Annotated[bool, Field(description="also return the attention heatmap as a PNG")] = False,
+        image: Annotated[bool, Field(description="also return the model's view of the image (PNG)")] = False,
     ) -> PredictResponse:
         """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx."""
-        outcome = await self._predict_one(file, overlay)
+        outcome = await self._predict_one(file, overlay, image)
         if isinstance(outcome, ErrorResponse):
             return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
         return outcome
@@ -101,12 +119,48 @@ class CXRService:
                 items.append(BatchItem(index=index, status=200, result=outcome))
         return BatchResponse(results=items)
 
-    async def _predict_one(self, path: Path, overlay: bool) -> PredictResponse | ErrorResponse:
+    @bentoml.api(route="/predict_dicom")
+    async def predict_dicom(
+        self,
+        file: Annotated[Path, Field(description="a chest X-ray DICOM with its study, series and SOP UIDs")],
+        output: Annotated[
+            Literal["sr", "sc", "both"],
+            Field(description="sr: Structured Report; sc: heatmap Secondary Capture; both: a ZIP of the two"),
+        ] = "sr",
+    ) -> Annotated[Path, ContentType("application/dicom")]:
+        """Classify one DICOM and answer in DICOM, for PACS: a Structured Report of the 14 findings
+        (coded, with probabilities, the model's identity and references to the source study,
+        series and instance) and/or a Secondary Capture of the attention heatmap. Both keep the
+        source's patient and study modules so a PACS files them with the study."""
+        outcome = await self._run_model(file, read_source=True)
+        if isinstance(outcome, ErrorResponse):
+            return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
+        parts = await anyio.to_thread.run_sync(
+            lambda: self._dicom_parts(outcome, output), limiter=self.decode_slots
+        )
+        return _as_api_return(dicom_response(parts))
+
+    def _dicom_parts(self, outcome: ModelOutcome, output: str) -> dict[str, bytes]:
+        prepared, probabilities, attention, source = outcome
+        result = self.predictor.result(prepared, probabilities, attention, overlay=False)
+        parts = {}
+        if output in ("sr", "both"):
+            report = dicom_output.structured_report(source, result, dict(self.predictor.manifest.thresholds))
+            parts["cxr-msn-report-sr.dcm"] = dicom_output.to_bytes(report)
+        if output in ("sc", "both"):
+            pixels = overlay_rgb(prepared.decoded.pixels, attention, self.predictor.preprocessing)
+            capture = dicom_output.overlay_capture(source, pixels, result)
+            parts["cxr-msn-heatmap-sc.dcm"] = dicom_output.to_bytes(capture)
+        return parts
+
+    async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome | ErrorResponse:
+        """Decode, preprocess and infer one upload; every failure becomes an ErrorResponse."""
         try:
             data = await anyio.to_thread.run_sync(path.read_bytes, limiter=self.decode_slots)
             prepared: PreparedImage = await anyio.to_thread.run_sync(
                 self.predictor.prepare, data, limiter=self.decode_slots
             )
+            source = dicom_output.read_source(data) if read_source else None
         except DecodeError as error:
             _STATUS.setdefault(error.code, error.http_status)
             self.metrics.count_error(error.code)
@@ -118,8 +172,17 @@ class CXRService:
             LOGGER.error("inference failed: %s", type(error).__name__)
             self.metrics.count_error("inference_failed")
             return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
+        return prepared, probabilities, attention, source
+
+    async def _predict_one(
+        self, path: Path, overlay: bool, image: bool = False
+    ) -> PredictResponse | ErrorResponse:
+        outcome = await self._run_model(path)
+        if isinstance(outcome, ErrorResponse):
+            return outcome
+        prepared, probabilities, attention, _ = outcome
         result = await anyio.to_thread.run_sync(
-            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay),
+            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay, image=image),
             limiter=self.decode_slots,
         )
         return PredictResponse.model_validate(result)
@@ -129,7 +192,23 @@ class CXRService:
 _STATUS: dict[str, int] = {"inference_failed": 500, "too_many_files": 413}
 
 
-def _as_api_return(response: JSONResponse) -> Any:
+def dicom_response(parts: dict[str, bytes]) -> Response:
+    """One DICOM file as application/dicom; several as a ZIP (stored, DICOM barely compresses)."""
+    if len(parts) == 1:
+        [(name, content)] = parts.items()
+        return Response(content, media_type="application/dicom", headers=_attachment(name))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, content in parts.items():
+            archive.writestr(name, content)
+    return Response(buffer.getvalue(), media_type="application/zip", headers=_attachment("cxr-msn-dicom.zip"))
+
+
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def _as_api_return(response: Response) -> Any:
     # BentoML passes a starlette Response through unchanged: the project's error shape.
     return response
 
@@ -151,6 +230,19 @@ async def model_card() -> dict[str, Any]:
     service = bentoml.get_current_service()
     card: dict[str, Any] = service.predictor.model_card()
     return card
+
+
+@model_api.get("/ui", include_in_schema=False)
+@model_api.get("/ui/", include_in_schema=False)
+async def ui_page() -> HTMLResponse:
+    return HTMLResponse((UI_FOLDER / "index.html").read_text(), headers=UI_HEADERS)
+
+
+@model_api.get("/ui/{asset}", include_in_schema=False)
+async def ui_asset(asset: str) -> Response:
+    if asset not in UI_ASSETS:
+        return error_response(404, "not_found", f"no such page asset: {asset[:64]}")
+    return Response((UI_FOLDER / asset).read_bytes(), media_type=UI_ASSETS[asset], headers=UI_HEADERS)
 
 
 _service: Any = CXRService  # the bentoml.Service object the decorators made of the class

@@ -1,0 +1,238 @@
+// The /ui page: upload one chest X-ray to /predict, show the model's view, the attention
+// heatmap and the 14 probabilities. Plain browser JavaScript, no dependencies (offline).
+"use strict";
+
+// The same dark-red-yellow-white anchors as serving/overlay.py, so page and PNGs agree.
+const ANCHORS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+let modelCard = null;
+let modelCardLoaded = null;
+let lastUpload = null;
+
+const $ = (id) => document.getElementById(id);
+
+function colourAt(value) {
+  const position = Math.min(Math.max(value, 0), 1) * (ANCHORS.length - 1);
+  const low = Math.min(Math.floor(position), ANCHORS.length - 2);
+  const fraction = position - low;
+  return ANCHORS[low].map((c, i) => c + (ANCHORS[low + 1][i] - c) * fraction);
+}
+
+async function loadModelCard() {
+  try {
+    const response = await fetch("/model");
+    modelCard = await response.json();
+    $("model-line").textContent =
+      `${modelCard.name} ${modelCard.version} · ${modelCard.architecture} · ${modelCard.variant} · ${modelCard.backend}`;
+    $("intended-use").textContent = modelCard.intended_use;
+    document.body.dataset.model = "ready";
+  } catch (error) {
+    $("model-line").textContent = "model information unavailable";
+    document.body.dataset.model = "unavailable";
+  }
+}
+
+function showError(status, body) {
+  const box = $("error");
+  box.replaceChildren();
+  const code = document.createElement("code");
+  code.textContent = body && body.error ? body.error : `HTTP ${status}`;
+  const detail = document.createElement("span");
+  detail.className = "detail";
+  detail.textContent = body && body.detail ? body.detail : "the server gave no explanation";
+  box.append(code, ": ", detail, ` (HTTP ${status})`);
+  box.hidden = false;
+  document.body.dataset.state = "error";
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch (error) {
+    return null;
+  }
+}
+
+async function analyse(file) {
+  lastUpload = file;
+  document.body.dataset.state = "busy";
+  $("error").hidden = true;
+  $("result").hidden = true;
+  $("status").textContent = "Analysing…";
+  const form = new FormData();
+  form.append("file", file);
+  form.append("image", "true");
+  let response;
+  try {
+    response = await fetch("/predict", { method: "POST", body: form });
+  } catch (error) {
+    $("status").textContent = "";
+    showError(0, { error: "network_error", detail: "the server could not be reached" });
+    return;
+  }
+  const body = await readJson(response);
+  await modelCardLoaded;
+  $("status").textContent = "";
+  if (!response.ok || !body || !body.probabilities) {
+    showError(response.status, body);
+    return;
+  }
+  render(body);
+}
+
+function render(result) {
+  $("view").src = `data:image/png;base64,${result.image_png_base64}`;
+  drawHeatmap(result.attention);
+  renderFindings(result);
+  renderFacts(result.input, result.warnings);
+  $("dicom-output").hidden = result.input.format !== "dicom";
+  $("result").hidden = false;
+  $("status").textContent = "Done.";
+  document.body.dataset.state = "done";
+}
+
+function drawHeatmap(attention) {
+  const [rows, columns] = attention.shape;
+  // Stretched to the map's own range: a near-uniform map would otherwise paint one flat colour.
+  const values = attention.values.flat();
+  const low = Math.min(...values);
+  const range = Math.max(...values) - low || 1;
+  const grid = document.createElement("canvas");
+  grid.width = columns;
+  grid.height = rows;
+  const context = grid.getContext("2d");
+  const pixels = context.createImageData(columns, rows);
+  values.forEach((value, index) => {
+    const heat = (value - low) / range;
+    const [r, g, b] = colourAt(heat);
+    pixels.data.set([r, g, b, Math.round(255 * (0.3 + 0.7 * heat))], index * 4);
+  });
+  context.putImageData(pixels, 0, 0);
+  const canvas = $("heatmap");
+  const target = canvas.getContext("2d");
+  target.clearRect(0, 0, canvas.width, canvas.height);
+  target.imageSmoothingEnabled = true;
+  target.imageSmoothingQuality = "high";
+  target.drawImage(grid, 0, 0, canvas.width, canvas.height);
+  setOpacity();
+}
+
+function setOpacity() {
+  const value = Number($("opacity").value);
+  $("heatmap").style.opacity = String(value / 100);
+  $("opacity-value").textContent = `${value} %`;
+}
+
+function renderFindings(result) {
+  const thresholds = (modelCard && modelCard.thresholds) || {};
+  const untrained = new Set(result.model.untrained_labels);
+  const positive = new Set(result.positive);
+  const order = [...result.labels].sort((a, b) => result.probabilities[b] - result.probabilities[a]);
+  $("findings").replaceChildren(...order.map((label) =>
+    findingRow(label, result.probabilities[label], thresholds[label], positive.has(label), untrained.has(label))));
+}
+
+function findingRow(label, probability, threshold, isPositive, isUntrained) {
+  const row = document.createElement("li");
+  row.className = "finding" + (isPositive ? " positive" : "") + (isUntrained ? " untrained" : "");
+  row.dataset.label = label;
+  row.dataset.probability = String(probability);
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = label;
+  if (isPositive || isUntrained) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = isPositive ? "positive" : "untrained";
+    name.append(badge);
+  }
+  const track = document.createElement("span");
+  track.className = "track";
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  bar.style.width = `${(probability * 100).toFixed(1)}%`;
+  track.append(bar);
+  if (threshold !== undefined && !isUntrained) {
+    const tick = document.createElement("span");
+    tick.className = "threshold";
+    tick.style.left = `${(threshold * 100).toFixed(1)}%`;
+    tick.title = `threshold ${threshold.toFixed(3)}`;
+    track.append(tick);
+  }
+  const value = document.createElement("span");
+  value.className = "value";
+  value.textContent = probability.toFixed(3);
+  row.append(name, track, value);
+  return row;
+}
+
+function renderFacts(input, warnings) {
+  const facts = [
+    ["format", input.format],
+    ["size", `${input.width} × ${input.height}, ${input.bits_stored}-bit ${input.photometric}`],
+    ["modality", input.modality],
+    ["view", input.view_position],
+  ].filter(([, value]) => value);
+  $("input-facts").replaceChildren(...facts.flatMap(([term, value]) => {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    return [dt, dd];
+  }));
+  $("warnings").replaceChildren(...warnings.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+}
+
+async function downloadDicom(output) {
+  if (!lastUpload) return;
+  const form = new FormData();
+  form.append("file", lastUpload);
+  form.append("output", output);
+  const response = await fetch("/predict_dicom", { method: "POST", body: form });
+  if (!response.ok) {
+    showError(response.status, await readJson(response));
+    return;
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = output === "sr" ? "cxr-msn-report-sr.dcm" : "cxr-msn-heatmap-sc.dcm";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+function wireDropZone() {
+  const zone = $("drop-zone");
+  const input = $("file-input");
+  zone.addEventListener("click", (event) => {
+    // the "choose a file" label opens the picker itself
+    if (event.target !== input && !event.target.closest("label")) input.click();
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") input.click();
+  });
+  input.addEventListener("change", () => {
+    if (input.files.length) analyse(input.files[0]);
+    input.value = "";
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    if (event.dataTransfer.files.length) analyse(event.dataTransfer.files[0]);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wireDropZone();
+  $("opacity").addEventListener("input", setOpacity);
+  $("download-sr").addEventListener("click", () => downloadDicom("sr"));
+  $("download-sc").addEventListener("click", () => downloadDicom("sc"));
+  modelCardLoaded = loadModelCard();
+});

@@ -1,0 +1,66 @@
+"""A real headless Chromium for the /ui tests, driven by Playwright.
+
+Playwright's own browser download is not used (the machines are offline): the tests run the
+system Chromium (Debian's ``chromium`` package, which ``make test`` installs when it can).
+Without one the browser tests skip with the reason, unless ``CXR_MSN_REQUIRE_BROWSER=1``
+(set by ``.ci/run``) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT_DIR = Path(os.environ.get("CXR_MSN_SCREENSHOT_DIR", REPO_ROOT / "build" / "screenshots"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def find_chromium() -> str | None:
+    configured = os.environ.get("CXR_MSN_CHROMIUM")
+    if configured:
+        return configured
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CXR_MSN_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"CXR_MSN_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    executable = find_chromium()
+    if executable is None:
+        unavailable("no Chromium found (apt-get install chromium, or set CXR_MSN_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (it is in the dev extra)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def screenshot_path(name: str) -> Path:
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOT_DIR / name
