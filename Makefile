@@ -12,7 +12,7 @@ PORT ?= 3000
 MODEL_REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: test serve lint typecheck install clean requirements bench bundled-model
+.PHONY: test serve lint typecheck install clean requirements bench bundled-model browser
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,19 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+# The /ui tests drive a real headless Chromium (Debian's package; Playwright downloads nothing).
+# Installed here when possible (root with apt-get); otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the /ui browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "warning: apt-get could not install chromium; the /ui browser tests will skip"; \
+	else \
+		echo "note: no chromium and no root apt-get; the /ui browser tests will skip"; \
+	fi
+
+test: lint typecheck browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 serve: $(SERVE_VENV)/.installed
