@@ -129,7 +129,7 @@ def test_serving_imports_no_torch(model_repository: Path) -> None:
     pins = (REPO_ROOT / "requirements" / "serve.txt").read_text()
     packages = {line.split("==")[0] for line in pins.splitlines() if "==" in line}
     assert not packages & {"torch", "torchvision", "timm"}
-    assert {"onnxruntime", "bentoml", "pydicom", "tritonclient"} <= packages
+    assert {"onnxruntime", "bentoml", "pydicom", "tritonclient", "highdicom"} <= packages
 
 
 def test_bentoml_build_succeeds_offline(model_repository: Path, tmp_path: Path) -> None:
@@ -159,8 +159,10 @@ def test_bentoml_build_succeeds_offline(model_repository: Path, tmp_path: Path) 
     assert (source / "serving" / "service.py").is_file() and (
         source / "cxrmsn" / "imaging" / "dicom.py"
     ).is_file()
+    assert {path.name for path in (source / "serving" / "ui").iterdir()} == {"index.html", "ui.js", "ui.css"}
     requirements = (bento_dirs[0] / "env" / "python" / "requirements.txt").read_text()
     assert "torch==" not in requirements and "onnxruntime==" in requirements
+    assert "highdicom==" in requirements  # DICOM SR / Secondary Capture output
 
 
 def test_bentoml_serve_itself_refuses_a_tampered_model(model_repository: Path, tmp_path: Path) -> None:
