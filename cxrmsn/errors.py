@@ -52,6 +52,13 @@ class NotSingleGreyImageError(DecodeError):
     http_status = 422
 
 
+class DicomOutputError(DecodeError):
+    """DICOM output (SR, SC) asked for, but the upload is not DICOM or lacks UIDs to reference (422)."""
+
+    code = "dicom_output_unavailable"
+    http_status = 422
+
+
 #: Every code the decoder can raise, with its HTTP status and meaning (documented in the README).
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "empty_input": (400, "the upload has no bytes"),
@@ -67,4 +74,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "image_too_small": (422, "a side shorter than the minimum (default 16 px)"),
     "bad_aspect_ratio": (422, "longer side more than 4 times the shorter one"),
     "blank_image": (422, "every pixel has the same value: nothing to classify"),
+    "dicom_output_unavailable": (
+        422,
+        "DICOM output asked for, but the upload is not DICOM or lacks a UID the output must reference",
+    ),
 }
