@@ -3,6 +3,8 @@
 Each file is decoded (DICOM, PNG or JPEG by content), preprocessed and run by ONNX
 Runtime exactly as ``POST /predict`` does. Folders are searched recursively. Files that
 cannot be decoded are reported on stderr and skipped; the exit status is 1 if any was.
+With ``--dicom-dir`` each DICOM input also gets a Structured Report and a heatmap Secondary
+Capture (as ``POST /predict_dicom`` returns them), ready to send to a PACS.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cxrmsn.fileio import atomic_write_bytes
 
 HELP = "predict on image files or folders without a server (table, JSON or CSV)"
 
@@ -31,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     parser.add_argument("--overlay-dir", type=Path, default=None, help="write attention overlay PNGs here")
+    parser.add_argument(
+        "--dicom-dir",
+        type=Path,
+        default=None,
+        help="for DICOM inputs, write a Structured Report (<name>_sr.dcm) and a heatmap Secondary "
+        "Capture (<name>_sc.dcm) here",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
 
 
@@ -58,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {code}: {detail}", file=sys.stderr)
             writer.error(path, code, detail)
         if len(pending) >= args.batch_size:
-            _flush(predictor, pending, writer, args.overlay_dir)
-    _flush(predictor, pending, writer, args.overlay_dir)
+            failures += _flush(predictor, pending, writer, args)
+    failures += _flush(predictor, pending, writer, args)
     writer.close()
     return 1 if failures else 0
 
@@ -72,25 +83,57 @@ def _expand(inputs: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def _flush(
-    predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, overlay_dir: Path | None
-) -> None:
+def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, args: argparse.Namespace) -> int:
+    """Run the pending images as one batch and write their outputs; returns the failure count."""
     import numpy as np
 
     if not pending:
-        return
+        return 0
     batch = np.stack([prepared.model_input for _, prepared in pending])
     probabilities, attention = predictor.infer(batch)
+    failures = 0
     for index, (path, prepared) in enumerate(pending):
         result = predictor.result(
-            prepared, probabilities[index], attention[index], overlay=overlay_dir is not None
+            prepared, probabilities[index], attention[index], overlay=args.overlay_dir is not None
         )
-        if overlay_dir is not None:
-            overlay_dir.mkdir(parents=True, exist_ok=True)
+        if args.overlay_dir is not None:
+            args.overlay_dir.mkdir(parents=True, exist_ok=True)
             png = base64.b64decode(result.pop("overlay_png_base64"))
-            (overlay_dir / f"{path.stem}_attention.png").write_bytes(png)
+            atomic_write_bytes(args.overlay_dir / f"{path.stem}_attention.png", png)
+        if args.dicom_dir is not None:
+            item = (path, prepared)
+            failures += _write_dicom_outputs(predictor, item, attention[index], result, args.dicom_dir)
         writer.result(path, result)
     pending.clear()
+    return failures
+
+
+def _write_dicom_outputs(
+    predictor: Any, item: tuple[Path, Any], attention: Any, result: dict[str, Any], folder: Path
+) -> int:
+    from cxrmsn.errors import DecodeError
+    from serving import dicom_output
+    from serving.overlay import overlay_rgb
+
+    path, prepared = item
+    if prepared.decoded.info.format != "dicom":
+        print(
+            f"no DICOM output for {path}: it is a {prepared.decoded.info.format}, not a DICOM",
+            file=sys.stderr,
+        )
+        return 0
+    try:
+        source = dicom_output.read_source(path.read_bytes())
+    except DecodeError as error:
+        print(f"no DICOM output for {path}: {error.code}: {error.detail}", file=sys.stderr)
+        return 1
+    folder.mkdir(parents=True, exist_ok=True)
+    report = dicom_output.structured_report(source, result, dict(predictor.manifest.thresholds))
+    atomic_write_bytes(folder / f"{path.stem}_sr.dcm", dicom_output.to_bytes(report))
+    pixels = overlay_rgb(prepared.decoded.pixels, attention, predictor.preprocessing)
+    capture = dicom_output.overlay_capture(source, pixels, result)
+    atomic_write_bytes(folder / f"{path.stem}_sc.dcm", dicom_output.to_bytes(capture))
+    return 0
 
 
 class _Writer:

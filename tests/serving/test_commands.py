@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 from PIL import Image
 
@@ -72,6 +73,30 @@ def test_predict_json_and_overlays(image_folder: Path, model_repository: Path, t
     record = json.loads(result.stdout)
     assert record["labels"] == list(LABELS) and record["attention"]["shape"] == [14, 14]
     assert Image.open(tmp_path / "a_attention.png").size == (448, 448)
+
+
+def test_predict_writes_dicom_outputs_for_dicom_inputs(
+    image_folder: Path, model_repository: Path, tmp_path: Path
+) -> None:
+    dicom = image_folder / "nested" / "b.dcm"
+    result = cxr_msn(
+        "predict",
+        str(image_folder / "a.png"),
+        str(dicom),
+        "--repository",
+        str(model_repository),
+        "--dicom-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no DICOM output for" in result.stderr and "a.png: it is a png" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b_sc.dcm", "b_sr.dcm"]
+    source = pydicom.dcmread(dicom, stop_before_pixels=True)
+    report = pydicom.dcmread(tmp_path / "b_sr.dcm")
+    capture = pydicom.dcmread(tmp_path / "b_sc.dcm")
+    assert report.Modality == "SR" and report.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.pixel_array.shape == (448, 448, 3)
 
 
 def test_predict_table(image_folder: Path, model_repository: Path) -> None:
