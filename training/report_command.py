@@ -1,4 +1,4 @@
-"""Write a report folder for one downstream run: a markdown summary and PNG figures.
+"""Write a report folder for one downstream run: a markdown summary, one HTML page and PNG figures.
 
 Examples:
   cxr-msn report runs/smoke-linear --out runs/smoke-linear/report
@@ -9,7 +9,8 @@ report.md (per-label test AUROC/AUPRC with 95 % CIs, counts and reasons, macro v
 their labels, thresholds, runs) and roc_curves.png, pr_curves.png, embeddings.png (t-SNE of
 the test CLS embeddings coloured by label, PCA above --tsne-max images), attention.png (last-
 layer CLS attention over single-label positive test images) and training_curves.png.
-Needs matplotlib.
+report.html holds the same content with the figures embedded: one self-contained page that
+opens offline in any browser and can be sent as one file. Needs matplotlib.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "markdown report + figures (ROC/PR curves, t-SNE of embeddings, attention overlays) for a run"
+HELP = "markdown + one-page HTML report with figures (ROC/PR curves, t-SNE, attention overlays) for a run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
     try:
-        path = write_report(
+        files = write_report(
             args.run_dir,
             args.out,
             tsne_max=args.tsne_max,
@@ -54,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return fail("report", exc)
-    print(path)
+    print(files.markdown)
+    print(f"open {files.html} in a browser (one self-contained page, figures included)")
     return 0

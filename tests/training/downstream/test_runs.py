@@ -16,6 +16,8 @@ from cxrmsn.checkpoint import load_checkpoint, load_classifier
 from cxrmsn.labels import LABELS
 from tests.helpers import to_jpeg
 from tests.training.downstream.fixtures import picture, small_config
+from tests.training.downstream.test_report_html import Page, check_self_contained
+from training.__main__ import main
 from training.data.chexpert import build_chexpert
 from training.data.manifest import write_manifest
 from training.downstream.compare import compare_runs
@@ -135,15 +137,32 @@ def test_finetuning_on_label_fractions(manifest: Path, encoder_file: Path, tmp_p
         finetune(encoder_file, config, tmp_path / "ft")
 
 
-def test_report_writes_markdown_and_figures(linear_run: Path, tmp_path: Path) -> None:
-    path = write_report(linear_run, tmp_path / "report", attention_count=3)
-    text = path.read_text()
+def test_report_writes_markdown_html_and_figures(
+    linear_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    assert main(["report", str(linear_run), "--out", str(out), "--attention-images", "3"]) == 0
+    assert f"open {out / 'report.html'} in a browser" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
     assert "not for clinical use" in text and "not annotated in the test split" in text
     assert "| Cardiomegaly |" in text and "cosine_lr0.01" in text
-    for name in ("roc_curves.png", "pr_curves.png", "embeddings.png", "attention.png", "training_curves.png"):
-        with Image.open(tmp_path / "report" / name) as image:
+    figures = ("roc_curves.png", "pr_curves.png", "embeddings.png", "attention.png", "training_curves.png")
+    for name in figures:
+        with Image.open(out / name) as image:
             assert image.size[0] > 300 and image.size[1] > 200
         assert f"]({name})" in text
+
+    page = Page((out / "report.html").read_text())
+    assert sorted(check_self_contained(page)) == sorted((out / name).read_bytes() for name in figures)
+    page_text = page.joined_text()
+    assert "not for clinical use" in page_text and str(linear_run) in page_text
+    assert all(label in page_text for label in LABELS)
+    macro = json.loads((linear_run / "metrics.json").read_text())["test"]["macro"]["auroc"]
+    value, ci = f"{macro['value']:.3f}", f"{macro['ci'][0]:.3f} to {macro['ci'][1]:.3f}"
+    assert f"**{value} ({ci})**" in text and value in page_text and f"95 % CI {ci}" in page_text
+    for line in text.splitlines():  # every per-label row of report.md, cell by cell, is in the page
+        if line.startswith("| ") and line.split(" | ")[0][2:] in LABELS:
+            assert all(cell.strip() in page_text for cell in line.strip("| ").split(" | "))
     with pytest.raises(ValueError, match=r"metrics\.json"):
         write_report(tmp_path, tmp_path / "nothing")
 
