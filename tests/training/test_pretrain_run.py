@@ -73,6 +73,15 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "manifest.csv"
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard log folder, read back as TensorBoard reads it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every value
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def _args(manifest: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     return [
         "pretrain", "--config", "smoke", "--manifest", str(manifest), "--out", str(out),
@@ -99,6 +108,12 @@ def test_a_run_writes_its_folder_and_a_core_encoder_checkpoint(manifest: Path, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["finished"] == "epochs" and summary["data"]["images"] == 16
     assert np.isfinite(summary["final_loss"]) and summary["peak_rss_mb"] > 0
+    scalars = tensorboard_scalars(out / "tensorboard")  # TensorBoard stores float32
+    history = torch.load(out / "checkpoints" / "state.pt", weights_only=True)["history"]
+    assert [step for step, _ in scalars["epoch/loss"]] == [3, 7]  # the last step of each epoch
+    assert [v for _, v in scalars["epoch/loss"]] == pytest.approx([h["loss"] for h in history], rel=1e-6)
+    assert scalars["epoch/loss"][-1][1] == pytest.approx(summary["final_loss"], rel=1e-6)
+    assert [step for step, _ in scalars["step/loss"]] == list(range(8)) and "step/lr" in scalars
 
     state, metadata = load_checkpoint(out / "checkpoints" / "encoder.safetensors", kind="encoder")
     assert (
