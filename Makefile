@@ -36,7 +36,8 @@ typecheck: $(VENV)/.installed
 # The /ui tests drive a real headless Chromium (Debian's package; Playwright downloads nothing).
 # Installed here when possible (root with apt-get); otherwise those tests skip and say why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@test -n "$$CXR_MSN_CHROMIUM" || command -v chromium >/dev/null 2>&1 || \
+	command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium (apt-get) for the /ui browser tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -68,15 +69,31 @@ UNTRAINED_NOTE = "The model had no training signal for this label: never reporte
 NO_THRESHOLD_NOTE = "No decision threshold for this label: presence not evaluated."
 
 
+# Their warnings can quote element values (patient data). Filtered process-wide as well as
+# below: catch_warnings is global state, so a concurrent decode restoring its own filters
+# could otherwise re-enable them in the middle of a build.
+warnings.filterwarnings("ignore", module=r"(highdicom|pydicom)(\.|$)")
+_BUILD_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """pydicom's and highdicom's warnings can quote element values (patient data)."""
-    with warnings.catch_warnings():
+def _guarded(what: str) -> Iterator[None]:
+    """One build at a time, warnings silenced, and any pydicom/highdicom failure on an odd
+    header turned into a 422 that names only the exception type (messages quote values)."""
+    with _BUILD_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        try:
+            yield
+        except DecodeError:
+            raise
+        except Exception as exc:
+            detail = (
+                f"DICOM output: the {what} cannot be built from this file's header ({type(exc).__name__})"
+            )
+            raise DicomOutputError(detail) from None
 
 
-@_quiet()
+@_guarded("source header")
 def read_source(data: bytes) -> Dataset:
     """The uploaded DICOM's header; ``DicomOutputError`` unless it holds every UID referenced."""
     try:
@@ -92,7 +109,36 @@ def read_source(data: bytes) -> Dataset:
     except Exception as exc:  # pydicom raises many types for malformed bytes
         raise DicomOutputError(f"DICOM output: the header is unreadable ({type(exc).__name__})") from None
     _check_references(source)
+    _blank_invalid_values(source)
     return source
+
+
+# Type 2 attributes highdicom parses when it copies the patient and study modules.
+_DATES = ("PatientBirthDate", "StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate")
+_TIMES = ("PatientBirthTime", "StudyTime", "SeriesTime", "ContentTime", "AcquisitionTime")
+_SEXES = ("M", "F", "O")
+
+
+def _blank_invalid_values(source: Dataset) -> None:
+    """Empty the values highdicom would refuse (a sex of "U", a date of "2020-01-01" ...).
+
+    They are common in real and anonymised files; the outputs keep the attribute, empty, as
+    Type 2 allows, instead of failing the request.
+    """
+    if str(source.get("PatientSex", "") or "") not in ("", *_SEXES):
+        source.PatientSex = ""
+    for keywords, parse in ((_DATES, pydicom.valuerep.DA), (_TIMES, pydicom.valuerep.TM)):
+        for keyword in keywords:
+            value = str(source.get(keyword, "") or "")
+            try:
+                if value:
+                    parse(value)
+            except ValueError:
+                setattr(source, keyword, "")
+    charsets = source.get("SpecificCharacterSet")
+    if isinstance(charsets, pydicom.multival.MultiValue) and charsets and not charsets[0]:
+        # An empty first value means the default repertoire, which highdicom wants named.
+        source.SpecificCharacterSet = ["ISO 2022 IR 6", *charsets[1:]]
 
 
 def _check_references(source: Dataset) -> None:
@@ -107,7 +153,7 @@ def _check_references(source: Dataset) -> None:
         raise DicomOutputError("DICOM output: the SOPClassUID is not a DICOM storage class")
 
 
-@_quiet()
+@_guarded("Structured Report")
 def structured_report(
     source: Dataset,
     result: dict[str, Any],
@@ -240,7 +286,7 @@ def _evidence(source: Dataset) -> Dataset:
     return evidence
 
 
-@_quiet()
+@_guarded("Secondary Capture")
 def overlay_capture(
     source: Dataset,
     overlay_rgb: np.ndarray,

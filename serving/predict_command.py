@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dicom-dir",
         type=Path,
         default=None,
-        help="for DICOM inputs, write a Structured Report (<name>_sr.dcm) and a heatmap Secondary "
-        "Capture (<name>_sc.dcm) here",
+        help="for DICOM inputs, write a Structured Report (<SOPInstanceUID>.sr.dcm) and a heatmap "
+        "Secondary Capture (<SOPInstanceUID>.sc.dcm) here",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
 
@@ -124,15 +124,15 @@ def _write_dicom_outputs(
         return 0
     try:
         source = dicom_output.read_source(path.read_bytes())
+        report = dicom_output.structured_report(source, result, dict(predictor.manifest.thresholds))
+        pixels = overlay_rgb(prepared.decoded.pixels, attention, predictor.preprocessing)
+        capture = dicom_output.overlay_capture(source, pixels, result)
     except DecodeError as error:
         print(f"no DICOM output for {path}: {error.code}: {error.detail}", file=sys.stderr)
         return 1
-    folder.mkdir(parents=True, exist_ok=True)
-    report = dicom_output.structured_report(source, result, dict(predictor.manifest.thresholds))
-    atomic_write_bytes(folder / f"{path.stem}_sr.dcm", dicom_output.to_bytes(report))
-    pixels = overlay_rgb(prepared.decoded.pixels, attention, predictor.preprocessing)
-    capture = dicom_output.overlay_capture(source, pixels, result)
-    atomic_write_bytes(folder / f"{path.stem}_sc.dcm", dicom_output.to_bytes(capture))
+    # Named by the source instance: PACS exports reuse file names (IM000001) in every folder.
+    for suffix, dataset in (("sr", report), ("sc", capture)):
+        atomic_write_bytes(folder / f"{source.SOPInstanceUID}.{suffix}.dcm", dicom_output.to_bytes(dataset))
     return 0
 
 

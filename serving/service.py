@@ -135,9 +135,13 @@ class CXRService:
         outcome = await self._run_model(file, read_source=True)
         if isinstance(outcome, ErrorResponse):
             return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
-        parts = await anyio.to_thread.run_sync(
-            lambda: self._dicom_parts(outcome, output), limiter=self.decode_slots
-        )
+        try:
+            parts = await anyio.to_thread.run_sync(
+                lambda: self._dicom_parts(outcome, output), limiter=self.decode_slots
+            )
+        except DecodeError as error:  # a header highdicom cannot turn into an SR or SC
+            self.metrics.count_error(error.code)
+            return _as_api_return(error_response(error.http_status, error.code, error.detail))
         return _as_api_return(dicom_response(parts))
 
     def _dicom_parts(self, outcome: ModelOutcome, output: str) -> dict[str, bytes]:
@@ -160,7 +164,11 @@ class CXRService:
             prepared: PreparedImage = await anyio.to_thread.run_sync(
                 self.predictor.prepare, data, limiter=self.decode_slots
             )
-            source = dicom_output.read_source(data) if read_source else None
+            source = None
+            if read_source:
+                source = await anyio.to_thread.run_sync(
+                    dicom_output.read_source, data, limiter=self.decode_slots
+                )
         except DecodeError as error:
             _STATUS.setdefault(error.code, error.http_status)
             self.metrics.count_error(error.code)
@@ -235,7 +243,7 @@ async def model_card() -> dict[str, Any]:
 @model_api.get("/ui", include_in_schema=False)
 @model_api.get("/ui/", include_in_schema=False)
 async def ui_page() -> HTMLResponse:
-    return HTMLResponse((UI_FOLDER / "index.html").read_text(), headers=UI_HEADERS)
+    return HTMLResponse((UI_FOLDER / "index.html").read_text(encoding="utf-8"), headers=UI_HEADERS)
 
 
 @model_api.get("/ui/{asset}", include_in_schema=False)

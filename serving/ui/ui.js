@@ -2,11 +2,13 @@
 // heatmap and the 14 probabilities. Plain browser JavaScript, no dependencies (offline).
 "use strict";
 
-// The same dark-red-yellow-white anchors as serving/overlay.py, so page and PNGs agree.
+// The same dark-red-yellow-white anchors as serving/overlay.py. The page stretches the map to
+// its own range and lets the slider set the opacity, so it is more contrasted than the PNGs.
 const ANCHORS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
 let modelCard = null;
 let modelCardLoaded = null;
 let lastUpload = null;
+let uploads = 0; // only the newest upload's answer is shown
 
 const $ = (id) => document.getElementById(id);
 
@@ -20,6 +22,7 @@ function colourAt(value) {
 async function loadModelCard() {
   try {
     const response = await fetch("/model");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
     modelCard = await response.json();
     $("model-line").textContent =
       `${modelCard.name} ${modelCard.version} · ${modelCard.architecture} · ${modelCard.variant} · ${modelCard.backend}`;
@@ -53,6 +56,7 @@ async function readJson(response) {
 }
 
 async function analyse(file) {
+  const upload = ++uploads;
   lastUpload = file;
   document.body.dataset.state = "busy";
   $("error").hidden = true;
@@ -65,12 +69,14 @@ async function analyse(file) {
   try {
     response = await fetch("/predict", { method: "POST", body: form });
   } catch (error) {
+    if (upload !== uploads) return;
     $("status").textContent = "";
     showError(0, { error: "network_error", detail: "the server could not be reached" });
     return;
   }
   const body = await readJson(response);
   await modelCardLoaded;
+  if (upload !== uploads) return; // a newer file was dropped meanwhile
   $("status").textContent = "";
   if (!response.ok || !body || !body.probabilities) {
     showError(response.status, body);
@@ -186,21 +192,29 @@ function renderFacts(input, warnings) {
   }));
 }
 
-async function downloadDicom(output) {
+async function downloadDicom(output, button) {
   if (!lastUpload) return;
+  $("error").hidden = true;
+  button.disabled = true;
   const form = new FormData();
   form.append("file", lastUpload);
   form.append("output", output);
-  const response = await fetch("/predict_dicom", { method: "POST", body: form });
-  if (!response.ok) {
-    showError(response.status, await readJson(response));
-    return;
+  try {
+    const response = await fetch("/predict_dicom", { method: "POST", body: form });
+    if (!response.ok) {
+      showError(response.status, await readJson(response));
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = output === "sr" ? "cxr-msn-report-sr.dcm" : "cxr-msn-heatmap-sc.dcm";
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  } catch (error) {
+    showError(0, { error: "network_error", detail: "the server could not be reached" });
+  } finally {
+    button.disabled = false;
   }
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(await response.blob());
-  link.download = output === "sr" ? "cxr-msn-report-sr.dcm" : "cxr-msn-heatmap-sc.dcm";
-  link.click();
-  URL.revokeObjectURL(link.href);
 }
 
 function wireDropZone() {
@@ -232,7 +246,7 @@ function wireDropZone() {
 document.addEventListener("DOMContentLoaded", () => {
   wireDropZone();
   $("opacity").addEventListener("input", setOpacity);
-  $("download-sr").addEventListener("click", () => downloadDicom("sr"));
-  $("download-sc").addEventListener("click", () => downloadDicom("sc"));
+  $("download-sr").addEventListener("click", (event) => downloadDicom("sr", event.currentTarget));
+  $("download-sc").addEventListener("click", (event) => downloadDicom("sc", event.currentTarget));
   modelCardLoaded = loadModelCard();
 });

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -14,10 +15,15 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_new_files_are_world_readable_not_mkstemps_0600(tmp_path: Path) -> None:
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_new_files_follow_the_umask_not_mkstemps_0600(tmp_path: Path, umask: int) -> None:
     target = tmp_path / "nested" / "report.html"
-    atomic_write_text(target, "<p>ok</p>")
-    assert target.read_text() == "<p>ok</p>" and mode(target) == 0o644
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(target, "<p>ok</p>")
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "<p>ok</p>" and mode(target) == 0o666 & ~umask
     assert [path.name for path in target.parent.iterdir()] == ["report.html"]
 
 

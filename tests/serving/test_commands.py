@@ -90,10 +90,11 @@ def test_predict_writes_dicom_outputs_for_dicom_inputs(
     )
     assert result.returncode == 0, result.stderr
     assert "no DICOM output for" in result.stderr and "a.png: it is a png" in result.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["b_sc.dcm", "b_sr.dcm"]
     source = pydicom.dcmread(dicom, stop_before_pixels=True)
-    report = pydicom.dcmread(tmp_path / "b_sr.dcm")
-    capture = pydicom.dcmread(tmp_path / "b_sc.dcm")
+    uid = source.SOPInstanceUID
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"{uid}.sc.dcm", f"{uid}.sr.dcm"]
+    report = pydicom.dcmread(tmp_path / f"{uid}.sr.dcm")
+    capture = pydicom.dcmread(tmp_path / f"{uid}.sc.dcm")
     assert report.Modality == "SR" and report.StudyInstanceUID == source.StudyInstanceUID
     assert capture.StudyInstanceUID == source.StudyInstanceUID
     assert capture.pixel_array.shape == (448, 448, 3)

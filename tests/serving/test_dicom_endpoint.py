@@ -101,6 +101,42 @@ def test_inputs_that_cannot_give_dicom_output_get_a_clear_4xx(client: httpx.Clie
     assert 400 <= wrong_option.status_code < 500
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"PatientSex": "U"},  # common, but not one of DICOM's M/F/O
+        {"PatientBirthDate": "notadate", "StudyDate": "2020-01-01", "StudyTime": "25:99"},
+        {"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou"},
+    ],
+    ids=["sex-U", "bad-dates", "multi-charset"],
+)
+def test_odd_but_common_headers_still_get_their_report(
+    client: httpx.Client, header: dict[str, object]
+) -> None:
+    dataset = make_dataset(chest_like_picture(160, 150))
+    for keyword, value in header.items():
+        setattr(dataset, keyword, value)
+    response = post_dicom(client, dicom_bytes(dataset), "both")
+    assert response.status_code == 200, response.text
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        report = pydicom.dcmread(io.BytesIO(archive.read("cxr-msn-report-sr.dcm")))
+    assert report.StudyInstanceUID == dataset.StudyInstanceUID
+
+
+def test_a_header_highdicom_refuses_is_a_422_that_quotes_no_value(
+    client: httpx.Client, server: RunningServer
+) -> None:
+    dataset = make_dataset(chest_like_picture(160, 150), PatientName=f"{MARKER}^BOB")
+    dataset.SpecificCharacterSet = "ISO_IR_100"  # misspelt (the standard says "ISO_IR 100")
+    log_before = len(server.log())
+    response = post_dicom(client, dicom_bytes(dataset))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "dicom_output_unavailable" and "Structured Report" in body["detail"]
+    assert "ISO_IR_100" not in body["detail"] and MARKER not in server.log()
+    assert "Traceback" not in server.log()[log_before:]
+
+
 def test_patient_data_goes_only_into_the_dicom_header_never_the_logs(
     client: httpx.Client, server: RunningServer
 ) -> None:

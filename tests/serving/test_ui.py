@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -103,7 +104,7 @@ def test_ui_shows_a_dicom_result_as_the_api_gives_it(
     for row in rows:
         assert row["probability"] == pytest.approx(api["probabilities"][row["label"]], abs=1e-6)
         assert row["shown"] == f"{api['probabilities'][row['label']]:.3f}"
-    assert {row["label"] for row in rows if row["positive"]} == set(api["positive"])
+    assert api["positive"] and {row["label"] for row in rows if row["positive"]} == set(api["positive"])
     untrained = set(api["model"]["untrained_labels"])
     assert untrained and {row["label"] for row in rows if row["untrained"]} == untrained
     grey = {row["colour"] for row in rows if row["untrained"]}
@@ -111,16 +112,22 @@ def test_ui_shows_a_dicom_result_as_the_api_gives_it(
     assert len(grey) == 1 and grey.isdisjoint(plain)
 
     assert page.eval_on_selector("#view", "img => [img.naturalWidth, img.naturalHeight]") == [448, 448]
-    heat = page.evaluate(
-        """() => {
+    # The heatmap's brightest and darkest cells sit where the API's attention peaks and dips.
+    values = np.asarray(api["attention"]["values"])
+    cells = [np.unravel_index(index, values.shape) for index in (values.argmax(), values.argmin())]
+    painted = page.evaluate(
+        """cells => {
             const canvas = document.getElementById('heatmap');
-            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-            let painted = 0;
-            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
-            return painted / (data.length / 4);
-        }"""
+            const context = canvas.getContext('2d');
+            const side = canvas.width / 14;
+            return cells.map(([row, column]) => Array.from(context.getImageData(
+                Math.floor((column + 0.5) * side), Math.floor((row + 0.5) * side), 1, 1).data));
+        }""",
+        [[int(row), int(column)] for row, column in cells],
     )
-    assert heat > 0.99  # the attention grid covers the whole view
+    hottest, coldest = painted
+    assert hottest[3] > coldest[3] + 100  # alpha follows attention
+    assert sum(hottest[:3]) > sum(coldest[:3])  # and the colour map runs dark to light
     page.fill("#opacity", "20")
     page.dispatch_event("#opacity", "input")
     assert page.eval_on_selector("#heatmap", "c => c.style.opacity") == "0.2"
