@@ -13,7 +13,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from tests.serving.browser import CHROMIUM_FLAGS, find_chromium
+from tests.browser import CHROMIUM_FLAGS, find_chromium
 from tests.serving.conftest import REPO_ROOT, start_server, stop_server
 
 

@@ -20,11 +20,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from cxrmsn.labels import LABELS
+from tests.browser import screenshot_path
 from tests.helpers import chest_like_picture, to_png
-from tests.serving.browser import chromium, screenshot_path
 from tests.serving.conftest import RunningServer
-
-__all__ = ["chromium"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 

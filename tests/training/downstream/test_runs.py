@@ -6,6 +6,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from cxrmsn.checkpoint import load_checkpoint, load_classifier
 from cxrmsn.labels import LABELS
+from tests.browser import screenshot_path
 from tests.helpers import to_jpeg
 from tests.training.downstream.fixtures import picture, small_config
 from tests.training.downstream.test_report_html import Page, check_self_contained
@@ -177,3 +179,29 @@ def test_attention_examples_are_single_label_positives_one_per_label(linear_run:
         assert positives[index].sum() == 1 and positives[index, LABELS.index(label)]
     assert [label for _, label in chosen[:2]] != [chosen[0][1]] * 2
     assert np.all([0 <= i < len(predictions.paths) for i, _ in chosen])
+
+
+def test_report_html_renders_in_chromium_with_every_figure(
+    linear_run: Path, tmp_path: Path, chromium: Any
+) -> None:
+    out = tmp_path / "report"
+    write_report(linear_run, out, attention_count=3)
+    page = chromium.new_page(viewport={"width": 1100, "height": 900})
+    problems: list[str] = []
+
+    def console(message: Any) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    def request(sent: Any) -> None:
+        if not sent.url.startswith(("file:", "data:")):
+            problems.append(sent.url)
+
+    page.on("console", console)
+    page.on("request", request)
+    page.goto((out / "report.html").as_uri())
+    sizes = page.eval_on_selector_all("img", "images => images.map(i => [i.complete, i.naturalWidth])")
+    page.screenshot(path=str(screenshot_path("report.png")), full_page=True)
+    page.close()
+    assert len(sizes) == 5 and all(complete and width > 300 for complete, width in sizes)
+    assert problems == []

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT_DIR = Path(os.environ.get("CXR_MSN_SCREENSHOT_DIR", REPO_ROOT / "build" / "screenshots"))
 CHROMIUM_FLAGS = [
     "--headless",
