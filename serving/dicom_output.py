@@ -352,6 +352,7 @@ def _describe_capture(
     capture.DerivationDescription = f"{description} {NOT_CLINICAL}"
     capture.ImageComments = f"{description} {_intended_use(model)}"
     capture.BurnedInAnnotation = "NO"
+    capture.ConversionType = "WSD"  # workstation: derived by software, not digitised
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -191,7 +191,7 @@ def test_secondary_capture_holds_the_overlay(source_bytes: bytes) -> None:
     assert capture.SeriesInstanceUID != source.SeriesInstanceUID
     assert capture.SOPInstanceUID != source.SOPInstanceUID
     assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert capture.BurnedInAnnotation == "NO"
+    assert capture.BurnedInAnnotation == "NO" and capture.ConversionType == "WSD"
     assert "research use only" in capture.SeriesDescription
     assert "Attention heatmap" in capture.DerivationDescription
     assert "centre crop" in capture.DerivationDescription
