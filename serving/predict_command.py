@@ -113,7 +113,6 @@ def _write_dicom_outputs(
 ) -> int:
     from cxrmsn.errors import DecodeError
     from serving import dicom_output
-    from serving.overlay import overlay_rgb
 
     path, prepared = item
     if prepared.decoded.info.format != "dicom":
@@ -124,15 +123,13 @@ def _write_dicom_outputs(
         return 0
     try:
         source = dicom_output.read_source(path.read_bytes())
-        report = dicom_output.structured_report(source, result, dict(predictor.manifest.thresholds))
-        pixels = overlay_rgb(prepared.decoded.pixels, attention, predictor.preprocessing)
-        capture = dicom_output.overlay_capture(source, pixels, result)
+        encoded = predictor.dicom_outputs(prepared, attention, result, source)
     except DecodeError as error:
         print(f"no DICOM output for {path}: {error.code}: {error.detail}", file=sys.stderr)
         return 1
     # Named by the source instance: PACS exports reuse file names (IM000001) in every folder.
-    for suffix, dataset in (("sr", report), ("sc", capture)):
-        atomic_write_bytes(folder / f"{source.SOPInstanceUID}.{suffix}.dcm", dicom_output.to_bytes(dataset))
+    for part, content in encoded.items():
+        atomic_write_bytes(folder / f"{source.SOPInstanceUID}.{part}.dcm", content)
     return 0
 
 

@@ -8,6 +8,7 @@ it is loaded.
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from cxrmsn.preprocess import preprocess
 from cxrmsn.repository import RepositoryManifest, read_manifest, verified_model_path
 from serving.backends import Backend, create_backend
 from serving.config import ServingConfig
-from serving.overlay import model_view, overlay_png, png_bytes
+from serving.overlay import model_view, overlay_png, overlay_rgb, png_bytes
 
 UNTRAINED_WARNING = (
     "the model had no training signal for: {labels}; their probabilities are reported "
@@ -92,6 +93,29 @@ class Predictor:
             view = png_bytes(model_view(prepared.decoded.pixels, self.preprocessing))
             result["image_png_base64"] = base64.b64encode(view).decode("ascii")
         return result
+
+    def dicom_outputs(
+        self,
+        prepared: PreparedImage,
+        attention: np.ndarray,
+        result: dict[str, Any],
+        source: Any,
+        parts: Collection[str] = ("sr", "sc"),
+    ) -> dict[str, bytes]:
+        """DICOM Part 10 bytes by part: "sr" the Structured Report, "sc" the heatmap capture.
+
+        ``source`` is ``serving.dicom_output.read_source`` of the upload; raises
+        ``DicomOutputError`` when highdicom cannot build a part from it.
+        """
+        from serving import dicom_output  # highdicom: loaded only when DICOM output is asked for
+
+        datasets: dict[str, Any] = {}
+        if "sr" in parts:
+            datasets["sr"] = dicom_output.structured_report(source, result, dict(self.manifest.thresholds))
+        if "sc" in parts:
+            pixels = overlay_rgb(prepared.decoded.pixels, attention, self.preprocessing)
+            datasets["sc"] = dicom_output.overlay_capture(source, pixels, result)
+        return {part: dicom_output.to_bytes(dataset) for part, dataset in datasets.items()}
 
     def positive_labels(self, probabilities: dict[str, float]) -> list[str]:
         thresholds = self.manifest.thresholds

@@ -20,7 +20,7 @@ import bentoml
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from cxrmsn.errors import DecodeError
 from serving import dicom_output
@@ -28,7 +28,6 @@ from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
 from serving.middleware import UploadLimitMiddleware
-from serving.overlay import overlay_rgb
 from serving.predictor import Predictor, PreparedImage
 from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
@@ -42,8 +41,12 @@ if _PROBLEM:
     raise SystemExit(f"cxr-msn: {_PROBLEM}")
 
 model_api = FastAPI(title="cxr-msn model information", version="1")
-UI_FOLDER = Path(__file__).with_name("ui")
-UI_ASSETS = {"ui.js": "text/javascript", "ui.css": "text/css"}
+# The /ui page's three files, read once: (content, media type) by name.
+UI_MEDIA_TYPES = {"index.html": "text/html", "ui.js": "text/javascript", "ui.css": "text/css"}
+UI_FILES = {
+    name: ((Path(__file__).with_name("ui") / name).read_bytes(), media_type)
+    for name, media_type in UI_MEDIA_TYPES.items()
+}
 # The page loads nothing from other origins (the service usually runs offline).
 UI_HEADERS = {
     "Content-Security-Policy": (
@@ -53,6 +56,7 @@ UI_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+DICOM_FILE_NAMES = {"sr": "cxr-msn-report-sr.dcm", "sc": "cxr-msn-heatmap-sc.dcm"}
 ModelOutcome = tuple[PreparedImage, Any, Any, Any]  # prepared, probabilities, attention, DICOM header
 
 
@@ -147,15 +151,9 @@ class CXRService:
     def _dicom_parts(self, outcome: ModelOutcome, output: str) -> dict[str, bytes]:
         prepared, probabilities, attention, source = outcome
         result = self.predictor.result(prepared, probabilities, attention, overlay=False)
-        parts = {}
-        if output in ("sr", "both"):
-            report = dicom_output.structured_report(source, result, dict(self.predictor.manifest.thresholds))
-            parts["cxr-msn-report-sr.dcm"] = dicom_output.to_bytes(report)
-        if output in ("sc", "both"):
-            pixels = overlay_rgb(prepared.decoded.pixels, attention, self.predictor.preprocessing)
-            capture = dicom_output.overlay_capture(source, pixels, result)
-            parts["cxr-msn-heatmap-sc.dcm"] = dicom_output.to_bytes(capture)
-        return parts
+        parts = ("sr", "sc") if output == "both" else (output,)
+        encoded = self.predictor.dicom_outputs(prepared, attention, result, source, parts)
+        return {DICOM_FILE_NAMES[part]: content for part, content in encoded.items()}
 
     async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome | ErrorResponse:
         """Decode, preprocess and infer one upload; every failure becomes an ErrorResponse."""
@@ -242,15 +240,12 @@ async def model_card() -> dict[str, Any]:
 
 @model_api.get("/ui", include_in_schema=False)
 @model_api.get("/ui/", include_in_schema=False)
-async def ui_page() -> HTMLResponse:
-    return HTMLResponse((UI_FOLDER / "index.html").read_text(encoding="utf-8"), headers=UI_HEADERS)
-
-
 @model_api.get("/ui/{asset}", include_in_schema=False)
-async def ui_asset(asset: str) -> Response:
-    if asset not in UI_ASSETS:
+async def ui_file(asset: str = "index.html") -> Response:
+    if asset not in UI_FILES:
         return error_response(404, "not_found", f"no such page asset: {asset[:64]}")
-    return Response((UI_FOLDER / asset).read_bytes(), media_type=UI_ASSETS[asset], headers=UI_HEADERS)
+    content, media_type = UI_FILES[asset]
+    return Response(content, media_type=media_type, headers=UI_HEADERS)
 
 
 _service: Any = CXRService  # the bentoml.Service object the decorators made of the class
