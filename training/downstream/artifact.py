@@ -80,6 +80,13 @@ def trained_labels(train: LabelMatrix) -> list[str]:
     return [label for label, ok in zip(LABELS, estimable(train), strict=True) if ok]
 
 
+def selection_columns(trained: list[str], valid: LabelMatrix) -> list[int]:
+    """Indices of the trained labels with positives and negatives in validation: the labels a
+    run is selected on (macro AUROC)."""
+    valid_ok = estimable(valid)
+    return [j for j, label in enumerate(LABELS) if label in trained and valid_ok[j]]
+
+
 def choose_thresholds(
     trained: list[str],
     valid: tuple[np.ndarray, LabelMatrix],

@@ -36,7 +36,14 @@ from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
 from training.data.cache import load_or_build_cache
 from training.distributed import resolve_device
-from training.downstream.artifact import Predictions, RunOutputs, finish, start_output, trained_labels
+from training.downstream.artifact import (
+    Predictions,
+    RunOutputs,
+    finish,
+    selection_columns,
+    start_output,
+    trained_labels,
+)
 from training.downstream.config import DownstreamConfig, with_fraction
 from training.downstream.data import (
     DownstreamData,
@@ -47,7 +54,6 @@ from training.downstream.data import (
 )
 from training.downstream.embeddings import Encoder, load_encoder
 from training.downstream.images import CachedViews
-from training.downstream.labels import estimable
 from training.downstream.linear import masked_bce
 from training.downstream.linear_eval import encoder_summary
 from training.downstream.metrics import macro_auroc
@@ -96,8 +102,7 @@ def finetune_fraction(
     device = resolve_device(config.device)
     images, indices = _cache(encoder, data, config)
     trained = trained_labels(data.labels["train"])
-    valid_ok = estimable(data.labels["valid"])
-    columns = [j for j, label in enumerate(LABELS) if label in trained and valid_ok[j]]
+    columns = selection_columns(trained, data.labels["valid"])
     if not columns:
         raise ValueError("no trained label has positives and negatives in valid: nothing to select on")
     log.info(

@@ -24,7 +24,14 @@ from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
 from training.data.manifest import SPLITS
 from training.distributed import resolve_device
-from training.downstream.artifact import Predictions, RunOutputs, finish, start_output, trained_labels
+from training.downstream.artifact import (
+    Predictions,
+    RunOutputs,
+    finish,
+    selection_columns,
+    start_output,
+    trained_labels,
+)
 from training.downstream.config import DownstreamConfig
 from training.downstream.data import (
     DownstreamData,
@@ -34,7 +41,6 @@ from training.downstream.data import (
     resolve_manifest,
 )
 from training.downstream.embeddings import Encoder, SplitEmbeddings, cached_embeddings, load_encoder
-from training.downstream.labels import estimable
 from training.downstream.linear import run_protocol
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,7 @@ def linear_eval(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict
     device = resolve_device(config.device)
     embeddings = embed_splits(encoder, data, config, device)
     trained = trained_labels(data.labels["train"])
-    valid_ok = estimable(data.labels["valid"])
-    columns = [j for j, label in enumerate(LABELS) if label in trained and valid_ok[j]]
+    columns = selection_columns(trained, data.labels["valid"])
     log.info(
         "linear evaluation: %d training images, trained labels %s, selection on %d labels",
         len(data.rows["train"]),
