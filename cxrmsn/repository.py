@@ -1,9 +1,9 @@
 """The model repository manifest: what export writes and what serving trusts.
 
 ``model_repository/manifest.json`` lists every model file with its sha256, the labels,
-the preprocessing, the thresholds and where the weights came from. Serving loads a
-model only through ``verified_model_path``, which refuses a file whose hash does not
-match. numpy-free and torch-free: serving imports it.
+the preprocessing, the thresholds, the per-label validity gate and where the weights came
+from. Serving loads a model only through ``verified_model_path``, which refuses a file whose
+hash does not match. numpy-free and torch-free: serving imports it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,47 @@ FORMAT_NAME = "cxr-msn-model-repository"
 FORMAT_VERSION = 1
 
 
+GATE_EVALUATED = "evaluated"
+GATE_NOT_EVALUATED = "not_evaluated"
+
+
 class RepositoryError(ValueError):
     """A model repository that is missing, malformed or fails its integrity check."""
+
+
+@dataclass
+class ValidityGate:
+    """Which trained labels were shown, on validation, to rank better than a floor (export writes it).
+
+    A trained label is *validated* when the lower bound of the bootstrap CI of its AUROC on the
+    ``split`` (95 % or wider) is above ``min_auroc_lower_bound``; every other trained label is in
+    ``not_validated_labels``: its probability is served, it is never positive. ``not_evaluated``:
+    the export had no per-label validation CIs, so every trained label is not validated.
+    """
+
+    status: str  # GATE_EVALUATED or GATE_NOT_EVALUATED
+    min_auroc_lower_bound: float
+    not_validated_labels: list[str]
+    auroc_lower_bounds: dict[str, float | None] = field(default_factory=dict)  # trained label -> bound
+    reasons: dict[str, str] = field(default_factory=dict)  # not validated label -> why
+    split: str = "valid"
+    ci_level: float | None = None
+    images: int | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # where the validation metrics came from
+    reason: str | None = None  # why the gate could not be evaluated (status not_evaluated)
+    criterion: str = (
+        "a trained label is validated when the lower bound of the bootstrap CI (95 % or wider) of its "
+        "AUROC on the validation split is above min_auroc_lower_bound; a label that is not validated "
+        "keeps its probability but is never positive"
+    )
+
+    def __post_init__(self) -> None:
+        if self.status not in (GATE_EVALUATED, GATE_NOT_EVALUATED):
+            raise RepositoryError(f"validity gate status must be {GATE_EVALUATED} or {GATE_NOT_EVALUATED}")
+        if not 0.0 <= self.min_auroc_lower_bound < 1.0:
+            raise RepositoryError(
+                f"validity gate min_auroc_lower_bound must be in [0, 1), got {self.min_auroc_lower_bound}"
+            )
 
 
 @dataclass
@@ -56,6 +95,8 @@ class RepositoryManifest:
     source_checkpoint: dict[str, Any] = field(default_factory=dict)  # path, sha256
     io: dict[str, Any] = field(default_factory=dict)  # input/output names, dtypes, shapes
     files: dict[str, str] = field(default_factory=dict)  # every other file -> sha256
+    # None: a repository exported before the gate existed (no label is marked not validated).
+    validity_gate: ValidityGate | None = None
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -71,6 +112,18 @@ class RepositoryManifest:
             raise RepositoryError(
                 f"default variant {self.default_variant!r} is not among {sorted(self.models)}"
             )
+        if isinstance(self.validity_gate, dict):
+            self.validity_gate = ValidityGate(**self.validity_gate)
+        if self.validity_gate is not None:
+            outside = set(self.validity_gate.not_validated_labels) - set(self.trained_labels)
+            if outside:
+                raise RepositoryError(f"validity gate lists labels that are not trained: {sorted(outside)}")
+
+    @property
+    def not_validated_labels(self) -> list[str]:
+        """Trained labels the validity gate did not pass, in label order (none without a gate)."""
+        failed = set(self.validity_gate.not_validated_labels) if self.validity_gate else set()
+        return [label for label in self.labels if label in failed]
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,7 @@ from cxrmsn.repository import (
     ModelFile,
     RepositoryError,
     RepositoryManifest,
+    ValidityGate,
     read_manifest,
     verified_model_path,
     write_manifest,
@@ -79,3 +82,45 @@ def test_unknown_variant_is_refused(tmp_path: Path) -> None:
     manifest = make_repository(tmp_path)
     with pytest.raises(RepositoryError, match="variant 'int8' is not in the manifest"):
         verified_model_path(tmp_path, manifest, "int8")
+
+
+def test_the_validity_gate_round_trips_and_a_manifest_without_one_still_loads(tmp_path: Path) -> None:
+    manifest = make_repository(tmp_path)
+    assert manifest.validity_gate is None and manifest.not_validated_labels == []
+    values = json.loads((tmp_path / "manifest.json").read_text())
+    del values["validity_gate"]  # as written before the gate existed
+    (tmp_path / "manifest.json").write_text(json.dumps(values))
+    assert read_manifest(tmp_path).validity_gate is None
+
+    manifest.trained_labels = ["Cardiomegaly", "Edema", "No Finding"]
+    manifest.validity_gate = ValidityGate(
+        status="evaluated",
+        min_auroc_lower_bound=0.5,
+        not_validated_labels=["No Finding", "Edema"],
+        auroc_lower_bounds={"Cardiomegaly": 0.61, "Edema": None, "No Finding": 0.42},
+        reasons={"Edema": "no positives", "No Finding": "lower bound not above 0.5"},
+    )
+    write_manifest(tmp_path, manifest)
+    loaded = read_manifest(tmp_path)
+    assert loaded == manifest and isinstance(loaded.validity_gate, ValidityGate)
+    assert loaded.not_validated_labels == ["Edema", "No Finding"]  # label order
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"status": "passed", "min_auroc_lower_bound": 0.5, "not_validated_labels": []}, "status must be"),
+        ({"status": "evaluated", "min_auroc_lower_bound": 1.5, "not_validated_labels": []}, r"\[0, 1\)"),
+        (
+            {"status": "evaluated", "min_auroc_lower_bound": 0.5, "not_validated_labels": ["Edema"]},
+            "not trained",
+        ),
+        ({"status": "evaluated", "not_validated_labels": []}, "min_auroc_lower_bound"),
+    ],
+)
+def test_a_malformed_validity_gate_is_refused(tmp_path: Path, gate: dict[str, Any], message: str) -> None:
+    make_repository(tmp_path)
+    values = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**values, "validity_gate": gate}))
+    with pytest.raises(RepositoryError, match=message):
+        read_manifest(tmp_path)
