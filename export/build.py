@@ -9,7 +9,8 @@
 4. Optionally an onnxruntime graph-optimised fp32 model, kept only where it is
    measurably faster on this CPU (``--ort-optimised auto``).
 5. Triton folders (CPU config, GPU config, labels), the python-backend twin, and
-   ``manifest.json`` with the sha256 of every file.
+   ``manifest.json`` with the sha256 of every file and the per-label validity gate
+   (``export.validity``: trained labels whose validation AUROC is not shown above a floor).
 
 Everything is written into a temporary folder next to the target, which then replaces
 the target by rename: a failed export leaves no half-written repository behind.
@@ -31,12 +32,13 @@ from typing import Any
 import numpy as np
 
 from cxrmsn.fileio import sha256_file
-from cxrmsn.repository import MANIFEST_NAME, ModelFile, RepositoryManifest, write_manifest
+from cxrmsn.repository import MANIFEST_NAME, ModelFile, RepositoryManifest, ValidityGate, write_manifest
 from export import triton
 from export.errors import ExportError
 from export.onnx_export import OPSET, GraphInterface, check_onnx, expected_interface, export_onnx, save_onnx
 from export.runtime import Outputs, cpu_session, generated_images, max_abs_difference, run
 from export.validation import EvaluationSet, macro_auroc, read_validation_manifest
+from export.validity import build_gate
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,10 @@ class ExportOptions:
     ort_optimised: str = "auto"
     overwrite: bool = False
     generated_inputs: int = 16  # compared on when there is no validation manifest
+    # The validity gate: a trained label is validated when its validation AUROC's 95 % CI lower
+    # bound is above this; run_metrics is the training run's metrics.json (default: beside it).
+    min_auroc_lower_bound: float = 0.5
+    run_metrics: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -77,6 +83,8 @@ class ExportOptions:
             raise ValueError(f"ort_optimised must be one of {OPTIMISED_MODES}, got {self.ort_optimised!r}")
         if self.generated_inputs < 1:
             raise ValueError(f"generated_inputs must be >= 1, got {self.generated_inputs}")
+        if not 0.0 <= self.min_auroc_lower_bound < 1.0:
+            raise ValueError(f"min_auroc_lower_bound must be in [0, 1), got {self.min_auroc_lower_bound}")
 
 
 @dataclass
@@ -106,13 +114,17 @@ def export_repository(
             f"{source}: preprocessing crops {metadata.preprocess_config.crop} px but "
             f"{metadata.architecture} takes {model_size} px images"
         )
+    gate = build_gate(
+        metadata, source, run_metrics=options.run_metrics, min_auroc_lower_bound=options.min_auroc_lower_bound
+    )
+    log.info("validity gate %s: not validated %s", gate.status, gate.not_validated_labels)
     evaluation = None
     if options.validation_manifest is not None:
         evaluation = read_validation_manifest(options.validation_manifest, metadata.preprocess_config)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
     try:
-        manifest = _build(staging, model, metadata, source, options, evaluation)
+        manifest = _build(staging, model, metadata, source, options, evaluation, gate)
         _replace(target, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,6 +140,7 @@ def _build(
     source: Path,
     options: ExportOptions,
     evaluation: EvaluationSet | None,
+    gate: ValidityGate,
 ) -> RepositoryManifest:
     image_size = int(metadata.preprocess_config.crop)
     interface = expected_interface(
@@ -188,6 +201,7 @@ def _build(
             "python_twin": TWIN_MODEL,
         },
         files=_other_files(staging, files),
+        validity_gate=gate,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_manifest(staging, manifest)

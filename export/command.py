@@ -1,12 +1,12 @@
 """Export a classifier checkpoint to ONNX variants and a Triton model repository.
 
 Writes OUT/manifest.json (every file with its sha256, the labels, the preprocessing,
-the source checkpoint and what each variant costs in accuracy) and one Triton model
-folder per variant: cxr_msn (fp32), cxr_msn_fp16, cxr_msn_int8, each with
-config.pbtxt (CPU), configs/gpu.pbtxt (TensorRT FP16; fp32 and fp16 only), labels.txt
-and 1/model.onnx, plus cxr_msn_python, a python-backend twin of the fp32 model. The
-export checks itself (ONNX checker, parity with PyTorch at batch 1 and 8 within 1e-4)
-and replaces OUT only when everything succeeded. See docs/export.md.
+the source checkpoint, what each variant costs in accuracy and the per-label validity
+gate) and one Triton model folder per variant: cxr_msn (fp32), cxr_msn_fp16,
+cxr_msn_int8, each with config.pbtxt (CPU), configs/gpu.pbtxt (TensorRT FP16; fp32 and
+fp16 only), labels.txt and 1/model.onnx, plus cxr_msn_python, a python-backend twin of
+the fp32 model. The export checks itself (ONNX checker, parity with PyTorch at batch 1
+and 8 within 1e-4) and replaces OUT only when everything succeeded. See docs/export.md.
 """
 
 from __future__ import annotations
@@ -35,6 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are masked): the fp16 and int8 macro AUROC change is measured on it. Without it only "
         "the max probability difference on generated inputs is recorded",
     )
+    parser.add_argument(
+        "--min-auroc-lower-bound",
+        type=float,
+        default=0.5,
+        help="the validity gate: a trained label is validated only if the lower bound of the 95%% "
+        "bootstrap CI of its validation AUROC is above this (default 0.5, better than chance); other "
+        "trained labels are served as 'not validated' (probability returned, never positive). "
+        "Without per-label validation CIs every trained label is not validated",
+    )
+    parser.add_argument(
+        "--run-metrics",
+        type=Path,
+        help="metrics.json of the linear-eval or finetune run that wrote CHECKPOINT, for the "
+        "validity gate (default: the checkpoint's own metadata, else metrics.json next to it); "
+        "it must match the checkpoint's trained labels and thresholds",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size")
     parser.add_argument(
         "--ort-optimised",
@@ -62,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             validation_manifest=args.validation_manifest,
             ort_optimised=args.ort_optimised,
             overwrite=args.overwrite,
+            min_auroc_lower_bound=args.min_auroc_lower_bound,
+            run_metrics=args.run_metrics,
         )
         manifest = export_repository(args.checkpoint, args.out, options)
     except ValueError as exc:  # bad input, including CheckpointError
@@ -72,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for name, entry in manifest.models.items():
         print(f"{name:<16} {entry.path:<40} {entry.bytes / 1e6:8.2f} MB  sha256 {entry.sha256[:12]}")
+    gate = manifest.validity_gate
+    if gate is not None and gate.not_validated_labels:
+        print(f"not validated ({gate.status}): {', '.join(gate.not_validated_labels)}")
     print(f"wrote {args.out}/manifest.json")
     return 0

@@ -34,6 +34,8 @@ def test_help_explains_every_option() -> None:
         "--max-batch-size",
         "--ort-optimised",
         "--overwrite",
+        "--min-auroc-lower-bound",
+        "--run-metrics",
     ):
         assert option in result.stdout
     assert "python-backend twin" in result.stdout
