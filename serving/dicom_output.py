@@ -67,6 +67,10 @@ PRESENCE = codes.DCM.PresenceOfProperty
 NOTE = codes.DCM.Comment
 UNTRAINED_NOTE = "The model had no training signal for this label: never reported as present."
 NO_THRESHOLD_NOTE = "No decision threshold for this label: presence not evaluated."
+NOT_VALIDATED_NOTE = (
+    "Not validated: this label's validation AUROC was not shown to be above the model's validity "
+    "gate (lower bound of its 95 % CI): never reported as present."
+)
 
 
 # Their warnings can quote element values (patient data). Filtered process-wide as well as
@@ -197,9 +201,9 @@ def _measurement_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     probability = float(result["probabilities"][label])
     threshold = thresholds.get(label)
-    untrained = label in result["model"]["untrained_labels"]
+    note = _no_presence_note(label, result["model"], threshold)
     evaluations = []
-    if threshold is not None and not untrained:
+    if note is None and threshold is not None:
         present = codes.SCT.Yes if probability >= threshold else codes.SCT.No
         evaluations.append(hd.sr.QualitativeEvaluation(PRESENCE, present))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -210,9 +214,18 @@ def _measurement_group(
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
     )
-    if untrained or threshold is None:
-        group[0].ContentSequence.append(_note(UNTRAINED_NOTE if untrained else NO_THRESHOLD_NOTE))
+    if note is not None:
+        group[0].ContentSequence.append(_note(note))
     return group
+
+
+def _no_presence_note(label: str, model: dict[str, Any], threshold: float | None) -> str | None:
+    """Why the SR gives ``label`` a comment instead of a Yes/No presence, or None when it does not."""
+    if label in model["untrained_labels"]:
+        return UNTRAINED_NOTE
+    if label in model["not_validated_labels"]:
+        return NOT_VALIDATED_NOTE
+    return NO_THRESHOLD_NOTE if threshold is None else None
 
 
 def _algorithm(model: dict[str, Any], threshold: float | None) -> hd.sr.AlgorithmIdentification:

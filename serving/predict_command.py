@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     predictor = load_predictor(args.repository, variant=args.variant)
+    if args.format != "json":  # JSON records carry them in each result's warnings
+        for warning in predictor.model_warnings():  # labels never counted positive, and why
+            print(f"note: {warning}", file=sys.stderr)
     files = list(_expand(args.inputs))
     show_progress = any(path.is_dir() for path in args.inputs)
     writer = _Writer(args.format, predictor.manifest.labels)

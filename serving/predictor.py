@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from cxrmsn.imaging import DecodedImage, decode
 from cxrmsn.preprocess import preprocess
-from cxrmsn.repository import RepositoryManifest, read_manifest, verified_model_path
+from cxrmsn.repository import GATE_EVALUATED, RepositoryManifest, read_manifest, verified_model_path
 from serving.backends import Backend, create_backend
 from serving.config import ServingConfig
 from serving.overlay import model_view, overlay_png, overlay_rgb, png_bytes
@@ -26,6 +26,13 @@ UNTRAINED_WARNING = (
     "the model had no training signal for: {labels}; their probabilities are reported "
     "but never counted as positive"
 )
+NOT_VALIDATED_WARNING = (
+    "not validated: {labels} ({why}); their probabilities are reported but never counted as positive"
+)
+GATE_ABSENT = {
+    "status": "absent",
+    "reason": "this model repository was exported before the validity gate; no label is marked not validated",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Predictor:
         self.backend: Backend = create_backend(config, model_path, triton_model)
         trained = set(self.manifest.trained_labels)
         self.untrained_labels = [label for label in self.manifest.labels if label not in trained]
+        self.not_validated_labels = self.manifest.not_validated_labels
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input."""
@@ -72,8 +80,7 @@ class Predictor:
         total = float(attention.sum())
         normalised = attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
         warnings = list(prepared.decoded.info.warnings)
-        if self.untrained_labels:
-            warnings.append(UNTRAINED_WARNING.format(labels=", ".join(self.untrained_labels)))
+        warnings += self.model_warnings()
         result: dict[str, Any] = {
             "labels": list(labels),
             "probabilities": by_label,
@@ -117,14 +124,31 @@ class Predictor:
             datasets["sc"] = dicom_output.overlay_capture(source, pixels, result)
         return {part: dicom_output.to_bytes(dataset) for part, dataset in datasets.items()}
 
+    def model_warnings(self) -> list[str]:
+        """What every result of this model carries: labels that can never be positive, and why."""
+        warnings = []
+        if self.untrained_labels:
+            warnings.append(UNTRAINED_WARNING.format(labels=", ".join(self.untrained_labels)))
+        gate = self.manifest.validity_gate
+        if gate is not None and self.not_validated_labels:
+            level = f"{gate.ci_level * 100:g} %" if gate.ci_level else "95 %"
+            why = (
+                f"their validation AUROC was not shown to be above {gate.min_auroc_lower_bound}: "
+                f"{level} CI lower bound, or no estimate"
+                if gate.status == GATE_EVALUATED
+                else f"no validation to check: {gate.reason}"
+            )
+            labels = ", ".join(self.not_validated_labels)
+            warnings.append(NOT_VALIDATED_WARNING.format(labels=labels, why=why))
+        return warnings
+
     def positive_labels(self, probabilities: dict[str, float]) -> list[str]:
         thresholds = self.manifest.thresholds
+        never = set(self.untrained_labels) | set(self.not_validated_labels)
         return [
             label
             for label in self.manifest.labels
-            if label in thresholds
-            and label not in self.untrained_labels
-            and probabilities[label] >= thresholds[label]
+            if label in thresholds and label not in never and probabilities[label] >= thresholds[label]
         ]
 
     def model_summary(self) -> dict[str, Any]:
@@ -137,6 +161,7 @@ class Predictor:
             "sha256": self.model_file.sha256,
             "trained_labels": [label for label in self.manifest.labels if label not in self.untrained_labels],
             "untrained_labels": list(self.untrained_labels),
+            "not_validated_labels": list(self.not_validated_labels),
             "backend": self.backend.description,
             "intended_use": self.manifest.intended_use,
         }
@@ -152,6 +177,7 @@ class Predictor:
             "metrics": self.manifest.metrics,
             "source_checkpoint": self.manifest.source_checkpoint,
             "variants": sorted(self.manifest.models),
+            "validity_gate": asdict(gate) if (gate := self.manifest.validity_gate) else dict(GATE_ABSENT),
         }
 
 

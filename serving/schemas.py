@@ -23,6 +23,11 @@ class ModelInfo(BaseModel):
     sha256: str = Field(description="sha256 of the served model file, verified at start-up")
     trained_labels: list[str] = Field(description="labels the model had training signal for")
     untrained_labels: list[str] = Field(description="labels without training signal: never positive")
+    not_validated_labels: list[str] = Field(
+        description="trained labels that failed the validity gate (lower bound of the 95 % CI of "
+        "their validation AUROC not above the gate's floor, or not estimable): probability "
+        "reported, never positive; see GET /model validity_gate",
+    )
     backend: str = Field(description="the inference backend, e.g. onnxruntime (CPUExecutionProvider)")
     intended_use: str = Field(description="intended use; not for clinical use unless validated")
 
@@ -46,7 +51,10 @@ class PredictResponse(BaseModel):
     labels: list[str] = Field(description="the 14 CheXpert labels, in model order")
     probabilities: dict[str, float] = Field(description="label -> sigmoid probability")
     attention: AttentionMap
-    positive: list[str] = Field(description="trained labels at or over their saved threshold")
+    positive: list[str] = Field(
+        description="trained, validated labels at or over their saved threshold "
+        "(never an untrained or not validated label)"
+    )
     model: ModelInfo
     input: InputInfo = Field(description="facts about the upload; never patient identifiers")
     warnings: list[str] = Field(description="decoder and model warnings for this result")
@@ -79,6 +87,27 @@ class BatchResponse(BaseModel):
     results: list[BatchItem] = Field(description="one entry per uploaded file, in order")
 
 
+class ValidityGateInfo(BaseModel):
+    status: str = Field(
+        description="evaluated; not_evaluated (no per-label validation CIs at export: every trained "
+        "label is not validated); absent (a repository exported before the gate: none is)"
+    )
+    min_auroc_lower_bound: float | None = Field(
+        default=None, description="a label is validated when its AUROC CI's lower bound is above this"
+    )
+    split: str | None = Field(default=None, description="the split the AUROC was measured on")
+    ci_level: float | None = Field(default=None, description="the bootstrap CI's level, e.g. 0.95")
+    images: int | None = Field(default=None, description="images in that split")
+    auroc_lower_bounds: dict[str, float | None] = Field(
+        default_factory=dict, description="trained label -> lower CI bound of its AUROC (null: none)"
+    )
+    not_validated_labels: list[str] = Field(default_factory=list)
+    reasons: dict[str, str] = Field(default_factory=dict, description="not validated label -> why")
+    reason: str | None = Field(default=None, description="why the gate was not evaluated")
+    source: dict[str, Any] = Field(default_factory=dict, description="where the validation metrics came from")
+    criterion: str | None = None
+
+
 class ModelCard(BaseModel):
     model_config = {"protected_namespaces": ()}
 
@@ -91,6 +120,8 @@ class ModelCard(BaseModel):
     labels: list[str]
     trained_labels: list[str]
     untrained_labels: list[str]
+    not_validated_labels: list[str] = Field(description="trained labels that failed the validity gate")
+    validity_gate: ValidityGateInfo = Field(description="the per-label validity gate written at export")
     thresholds: dict[str, float] = Field(description="operating threshold per label (chosen on validation)")
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]

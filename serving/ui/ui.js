@@ -130,25 +130,32 @@ function setOpacity() {
 
 function renderFindings(result) {
   const thresholds = (modelCard && modelCard.thresholds) || {};
+  const gateReasons = (modelCard && modelCard.validity_gate && modelCard.validity_gate.reasons) || {};
   const untrained = new Set(result.model.untrained_labels);
+  const notValidated = new Set(result.model.not_validated_labels || []);
   const positive = new Set(result.positive);
+  const status = (label) => positive.has(label) ? "positive"
+    : untrained.has(label) ? "untrained" : notValidated.has(label) ? "not-validated" : "";
   const order = [...result.labels].sort((a, b) => result.probabilities[b] - result.probabilities[a]);
   $("findings").replaceChildren(...order.map((label) =>
-    findingRow(label, result.probabilities[label], thresholds[label], positive.has(label), untrained.has(label))));
+    findingRow(label, result.probabilities[label], thresholds[label], status(label), gateReasons[label])));
 }
 
-function findingRow(label, probability, threshold, isPositive, isUntrained) {
+// status: "positive", "untrained", "not-validated" (failed the validity gate) or "".
+function findingRow(label, probability, threshold, status, gateReason) {
   const row = document.createElement("li");
-  row.className = "finding" + (isPositive ? " positive" : "") + (isUntrained ? " untrained" : "");
+  row.className = "finding" + (status ? ` ${status}` : "");
+  const neverPositive = status === "untrained" || status === "not-validated"; // no threshold tick
   row.dataset.label = label;
   row.dataset.probability = String(probability);
   const name = document.createElement("span");
   name.className = "name";
   name.textContent = label;
-  if (isPositive || isUntrained) {
+  if (status) {
     const badge = document.createElement("span");
     badge.className = "badge";
-    badge.textContent = isPositive ? "positive" : "untrained";
+    badge.textContent = status.replace("-", " ");
+    if (status === "not-validated" && gateReason) badge.title = gateReason;
     name.append(badge);
   }
   const track = document.createElement("span");
@@ -157,7 +164,7 @@ function findingRow(label, probability, threshold, isPositive, isUntrained) {
   bar.className = "bar";
   bar.style.width = `${(probability * 100).toFixed(1)}%`;
   track.append(bar);
-  if (threshold !== undefined && !isUntrained) {
+  if (threshold !== undefined && !neverPositive) {
     const tick = document.createElement("span");
     tick.className = "threshold";
     tick.style.left = `${(threshold * 100).toFixed(1)}%`;

@@ -8,11 +8,16 @@ import torch
 
 from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
 from cxrmsn.model import CXRClassifier
+from tests.run_metrics import run_metrics, write_run_metrics
 
 TRAINED = ["Cardiomegaly", "Pleural Effusion", "No Finding"]
-# Cardiomegaly and No Finding are always positive, Pleural Effusion never, and Edema
-# (untrained) never despite its threshold of 0.
+# Cardiomegaly and No Finding are over their threshold on every image, Pleural Effusion never,
+# and Edema (untrained) never despite its threshold of 0. No Finding fails the validity gate
+# (its validation AUROC's CI reaches below 0.5), so it is never positive either: only
+# Cardiomegaly is.
 THRESHOLDS = {"Cardiomegaly": 0.0, "Pleural Effusion": 1.0, "No Finding": 0.0, "Edema": 0.0}
+VALIDATED = ["Cardiomegaly", "Pleural Effusion"]
+NOT_VALIDATED = ["No Finding"]
 
 
 def export_test_repository(root: Path, architecture: str = "vit_nano_patch16_224") -> Path:
@@ -28,6 +33,8 @@ def export_test_repository(root: Path, architecture: str = "vit_nano_patch16_224
         intended_use="tests only",
     )
     save_checkpoint(checkpoint, CXRClassifier(architecture).state_dict(), metadata)
+    # The run's metrics.json next to the checkpoint, as linear-eval leaves it: the gate's input.
+    write_run_metrics(root / "metrics.json", run_metrics(TRAINED, THRESHOLDS, separable=VALIDATED))
     repository = root / "model_repository"
     export_repository(checkpoint, repository, ExportOptions(variants=("fp32",), ort_optimised="never"))
     return repository

@@ -54,8 +54,9 @@ def test_predict_csv_reports_every_file_and_skips_bad_ones(
     assert set(by_name) == {"a.png", "b.dcm", "broken.png"}
     assert by_name["broken.png"]["error"] == "corrupt_input"
     assert 0.0 < float(by_name["a.png"]["Cardiomegaly"]) < 1.0
-    assert by_name["b.dcm"]["positive"] == "Cardiomegaly|No Finding"
+    assert by_name["b.dcm"]["positive"] == "Cardiomegaly"  # No Finding: over 0 but not validated
     assert "skipped" in result.stderr and "broken.png" in result.stderr
+    assert "note: not validated: No Finding" in result.stderr
 
 
 def test_predict_json_and_overlays(image_folder: Path, model_repository: Path, tmp_path: Path) -> None:

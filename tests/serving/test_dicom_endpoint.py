@@ -6,6 +6,7 @@ import base64
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import httpx
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from tests.helpers import chest_like_picture, dicom_bytes, make_dataset, to_png
@@ -62,6 +64,31 @@ def test_structured_report_matches_the_json_prediction(client: httpx.Client, che
     in_report = probabilities_in(report)
     assert len(in_report) == 14
     assert in_report == pytest.approx(json_result["probabilities"], abs=1e-6)
+
+
+def text_values(items: Any) -> list[str]:
+    """Every TEXT content item's value under ``items``, depth first."""
+    values: list[str] = []
+    for item in items:
+        if "TextValue" in item:
+            values.append(str(item.TextValue))
+        values += text_values(item.get("ContentSequence", []))
+    return values
+
+
+def test_structured_report_gives_a_not_validated_label_a_note_not_yes_no(
+    client: httpx.Client, chest_cr: bytes
+) -> None:
+    report = hd.sr.srread(post_dicom(client, chest_cr).content).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    json_result = client.post("/predict", files={"file": ("x.dcm", chest_cr)}).json()
+    assert json_result["model"]["not_validated_labels"] == ["No Finding"]
+    for label, presence in (("No Finding", []), ("Cardiomegaly", [codes.SCT.Yes])):
+        [group] = [g for g in report.get_image_measurement_groups() if g.tracking_identifier == label]
+        evaluations = group.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)
+        assert [evaluation.value for evaluation in evaluations] == presence, label
+        notes = text_values(group)
+        assert any(note.startswith("Not validated") for note in notes) == (not presence), label
 
 
 def test_secondary_capture_holds_the_same_overlay_as_the_json_api(

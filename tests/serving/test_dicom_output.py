@@ -24,6 +24,7 @@ from serving.dicom_output import LABEL_CODES, PRIVATE_SCHEME
 from tests.helpers import chest_like_picture, dicom_bytes, make_dataset, make_dicom, to_png
 
 UNTRAINED = ["Fracture", "Pleural Other"]
+NOT_VALIDATED = ["Cardiomegaly"]  # trained, failed the validity gate
 MARKER = "ZZMARKER"
 SHA256 = "0123456789abcdef" * 4
 
@@ -52,6 +53,7 @@ def make_result(seed: int = 0) -> dict[str, Any]:
     probabilities = np.random.default_rng(seed).random(len(LABELS))
     by_label = {label: round(float(p), 6) for label, p in zip(LABELS, probabilities, strict=True)}
     by_label["Fracture"] = 0.99  # untrained, over its threshold: still never present
+    by_label["Cardiomegaly"] = 0.97  # not validated, over its threshold: never present either
     thresholds = make_thresholds()
     return {
         "labels": list(LABELS),
@@ -59,7 +61,9 @@ def make_result(seed: int = 0) -> dict[str, Any]:
         "positive": [
             label
             for label in LABELS
-            if label in thresholds and label not in UNTRAINED and by_label[label] >= thresholds[label]
+            if label in thresholds
+            and label not in UNTRAINED + NOT_VALIDATED
+            and by_label[label] >= thresholds[label]
         ],
         "attention": {"shape": [2, 2], "values": [[0.25, 0.25], [0.25, 0.25]]},
         "model": {
@@ -71,6 +75,7 @@ def make_result(seed: int = 0) -> dict[str, Any]:
             "sha256": SHA256,
             "trained_labels": [label for label in LABELS if label not in UNTRAINED],
             "untrained_labels": list(UNTRAINED),
+            "not_validated_labels": list(NOT_VALIDATED),
             "backend": "onnxruntime CPUExecutionProvider",
             "intended_use": "Research and demonstration only: not for clinical use.",
         },
@@ -138,17 +143,25 @@ def test_sr_has_one_group_per_label_with_its_probability_and_presence(source_byt
         assert measurement.value == result["probabilities"][label]
         assert measurement.unit == codes.UCUM.NoUnits
         evaluations = group.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)
-        if label in UNTRAINED or label == "Lung Lesion":
+        notes = " ".join(text_values(group))
+        if label in UNTRAINED + NOT_VALIDATED or label == "Lung Lesion":
             assert evaluations == []
-            notes = " ".join(text_values(group))
-            assert ("no training signal" if label in UNTRAINED else "No decision threshold") in notes
+            expected = (
+                "no training signal"
+                if label in UNTRAINED
+                else "Not validated"
+                if label in NOT_VALIDATED
+                else "No decision threshold"
+            )
+            assert expected in notes
         else:
             (evaluation,) = evaluations
             assert evaluation.value in (codes.SCT.Yes, codes.SCT.No)
+            assert "Not validated" not in notes and "no training signal" not in notes
             if evaluation.value == codes.SCT.Yes:
                 present.append(label)
     assert present == result["positive"] and present
-    assert "Fracture" not in present
+    assert "Fracture" not in present and "Cardiomegaly" not in present
 
 
 def test_sr_identifies_the_model_and_its_intended_use(source_bytes: bytes) -> None:

@@ -23,6 +23,7 @@ from cxrmsn.preprocess import preprocess
 from tests.bad_inputs import bad_inputs
 from tests.helpers import SHARED_DATA, chest_like_picture, make_dicom, requires_shared_data, to_png
 from tests.serving.conftest import RunningServer
+from tests.serving.repository import NOT_VALIDATED, THRESHOLDS, TRAINED, VALIDATED
 
 PICTURE = chest_like_picture(256, 240)
 MARKER = "ZZMARKER7731"
@@ -64,10 +65,24 @@ def test_png_prediction_matches_onnx_runtime_run_directly(
 
 def test_positive_labels_follow_thresholds_and_training_signal(client: httpx.Client) -> None:
     body = post(client, to_png(PICTURE)).json()
-    # Thresholds: Cardiomegaly 0 and No Finding 0 (trained), Pleural Effusion 1, Edema 0 (untrained).
-    assert body["positive"] == ["Cardiomegaly", "No Finding"]
+    # Thresholds: Cardiomegaly 0 and No Finding 0 (trained; No Finding not validated), Pleural
+    # Effusion 1, Edema 0 (untrained).
+    assert body["positive"] == ["Cardiomegaly"]
     assert "Edema" in body["model"]["untrained_labels"]
     assert any("no training signal" in warning for warning in body["warnings"])
+
+
+def test_not_validated_labels_are_listed_and_never_positive(client: httpx.Client) -> None:
+    single = post(client, to_png(PICTURE)).json()
+    batch = client.post("/predict_batch", files=[("files", ("a.png", to_png(PICTURE)))]).json()
+    for body in (single, batch["results"][0]["result"]):
+        assert body["model"]["not_validated_labels"] == NOT_VALIDATED == ["No Finding"]
+        # Over its threshold of 0 on every image, trained, and still not positive.
+        assert body["probabilities"]["No Finding"] >= THRESHOLDS["No Finding"]
+        assert "No Finding" in body["model"]["trained_labels"] and "No Finding" not in body["positive"]
+        [warning] = [w for w in body["warnings"] if w.startswith("not validated")]
+        assert "No Finding" in warning and "above 0.5" in warning
+        assert not any(label in warning for label in VALIDATED)
 
 
 def test_png_and_dicom_of_one_picture_give_the_same_probabilities(client: httpx.Client) -> None:
@@ -171,6 +186,14 @@ def test_model_endpoint_describes_the_served_model(client: httpx.Client, model_r
     assert card["labels"] == list(LABELS)
     assert card["sha256"] == manifest["models"]["fp32"]["sha256"]
     assert card["thresholds"]["Cardiomegaly"] == 0.0
+    assert card["not_validated_labels"] == NOT_VALIDATED
+    gate = card["validity_gate"]
+    assert gate["status"] == "evaluated" and gate["split"] == "valid" and gate["ci_level"] == 0.95
+    assert gate["min_auroc_lower_bound"] == 0.5 and gate["not_validated_labels"] == NOT_VALIDATED
+    assert gate == manifest["validity_gate"]
+    bounds = gate["auroc_lower_bounds"]
+    assert set(bounds) == set(TRAINED) and set(gate["reasons"]) == set(NOT_VALIDATED)
+    assert bounds["No Finding"] <= 0.5 < min(bounds[label] for label in VALIDATED)
     assert card["preprocessing"]["crop"] == 224
     assert "untrained" in card["training_data"]["summary"]
 

@@ -68,7 +68,12 @@ def rendered_findings(page: Any) -> list[dict[str, Any]]:
             shown: row.querySelector('.value').textContent,
             positive: row.classList.contains('positive'),
             untrained: row.classList.contains('untrained'),
+            notValidated: row.classList.contains('not-validated'),
+            badge: row.querySelector('.badge') ? row.querySelector('.badge').textContent : null,
+            badgeTitle: row.querySelector('.badge') ? row.querySelector('.badge').title : null,
+            tick: row.querySelector('.threshold') !== null,
             colour: getComputedStyle(row).color,
+            bar: getComputedStyle(row.querySelector('.bar')).backgroundImage,
         }))""",
     )
     return rows
@@ -106,8 +111,19 @@ def test_ui_shows_a_dicom_result_as_the_api_gives_it(
     untrained = set(api["model"]["untrained_labels"])
     assert untrained and {row["label"] for row in rows if row["untrained"]} == untrained
     grey = {row["colour"] for row in rows if row["untrained"]}
-    plain = {row["colour"] for row in rows if not row["untrained"] and not row["positive"]}
+    marked = ("untrained", "notValidated", "positive")
+    plain = {row["colour"] for row in rows if not any(row[key] for key in marked)}
     assert len(grey) == 1 and grey.isdisjoint(plain)
+    # Labels that failed the validity gate: greyed, tagged "not validated" (not "untrained"),
+    # no threshold tick, never positive, the gate's reason on the tag.
+    not_validated = set(api["model"]["not_validated_labels"])
+    tagged = [row for row in rows if row["notValidated"]]
+    assert not_validated and {row["label"] for row in tagged} == not_validated
+    for row in tagged:
+        assert row["colour"] in grey and not row["positive"] and not row["untrained"] and not row["tick"]
+        assert row["badge"] == "not validated" and "lower bound not above 0.5" in row["badgeTitle"]
+        assert "gradient" in row["bar"]  # striped, unlike an untrained label's flat grey bar
+    assert all(row["badge"] == "untrained" and row["bar"] == "none" for row in rows if row["untrained"])
 
     assert page.eval_on_selector("#view", "img => [img.naturalWidth, img.naturalHeight]") == [448, 448]
     # The heatmap's brightest and darkest cells sit where the API's attention peaks and dips.
