@@ -38,8 +38,12 @@ ARCHITECTURES: dict[str, VitSpec] = {
     # The paper's ViT-Tiny/16 used 6 heads of 32 dimensions.
     "vit_tiny_h6_patch16_224": VitSpec(embed_dim=192, depth=12, num_heads=6),
     "vit_small_patch16_224": VitSpec(embed_dim=384, depth=12, num_heads=6),
+    # The paper's ViT-Tiny (6 heads) at native resolution for small images (64 px, 8 x 8 grid of
+    # 8 px patches): what the ``small-*`` recipes pretrain on ../shared/data's 64 px NIH films.
+    "vit_tiny_h6_patch8_64": VitSpec(embed_dim=192, depth=12, num_heads=6, patch_size=8, img_size=64),
     # Two blocks, for fast tests and smoke runs only; not a model to train for use.
     "vit_nano_patch16_224": VitSpec(embed_dim=64, depth=2, num_heads=2),
+    "vit_nano_patch8_64": VitSpec(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=64),
 }
 
 

@@ -238,6 +238,35 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """The learning monitor (training.monitor): a probe of the target encoder and collapse signals."""
+
+    every: int = 1  # epochs between measurements (and one before the first); 0: off
+    probe: str = "logistic"  # logistic (per-label logistic regression) or knn (cosine k-NN)
+    knn_k: int = 20
+    logistic_c: float = 0.1  # inverse L2 strength of the logistic probe (standardised embeddings)
+    max_images: int = 2000  # labelled images per split (train fits, valid scores); 0: all
+    warn_after: int = 5  # epochs before "not learning" can be said
+    min_gain: float = 0.02  # probe AUROC gain over initialisation below which the run is "not learning"
+    min_embedding_std: float = 0.03  # embedding spread (1: spread over the sphere) below which: collapsing
+    min_prototypes_fraction: float = 0.01  # prototypes in use below this share of K: collapsing
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.knn_k < 1 or self.logistic_c <= 0 or self.max_images < 0:
+            raise ValueError(
+                "need monitor.every >= 0, knn_k >= 1, logistic_c > 0 and max_images >= 0; got "
+                f"{self.every}, {self.knn_k}, {self.logistic_c}, {self.max_images}"
+            )
+        if self.probe not in ("logistic", "knn"):
+            raise ValueError(f"monitor.probe must be logistic or knn, got {self.probe!r}")
+        if self.warn_after < 1 or not 0 <= self.min_prototypes_fraction <= 1:
+            raise ValueError(
+                f"need monitor.warn_after >= 1 and 0 <= min_prototypes_fraction <= 1; got "
+                f"{self.warn_after}, {self.min_prototypes_fraction}"
+            )
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
@@ -249,6 +278,7 @@ class PretrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

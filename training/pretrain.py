@@ -7,6 +7,7 @@ Run folder (``out``)::
     manifest.csv                  only when built here (data.source=shared)
     ehr/                          the fitted imputer and the encoding (with EHR features)
     metrics.csv                   one row per epoch
+    monitor.csv                   the learning monitor: probe AUROC and collapse signals (training.monitor)
     steps.csv                     one row every train.log_every steps
     tensorboard/                  the same scalars for TensorBoard
     train.log                     the log of rank 0
@@ -26,6 +27,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
 from cxrmsn.fileio import atomic_write_bytes
 from cxrmsn.preprocess import PreprocessConfig
 from training.config import PretrainConfig, from_dict, to_dict
+from training.data.manifest import read_manifest
 from training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -49,6 +52,7 @@ from training.distributed import (
 )
 from training.early_stopping import EarlyStopping
 from training.ehr import resolve_features
+from training.monitor import MONITOR_COLUMNS, ProbeSet, assess, load_probe_set, measure
 from training.pretrain_data import PretrainData, prepare_data
 from training.run_folder import CsvLog, code_version, peak_memory_mb, write_json
 from training.train_step import TrainParts, build_parts, train_step
@@ -60,6 +64,8 @@ EPOCH_COLUMNS = (
     "loss",
     "cross_entropy",
     "mean_entropy",
+    "target_max",
+    "agreement",
     "lr",
     "momentum",
     "steps",
@@ -82,6 +88,7 @@ STEP_COLUMNS = (
     "momentum",
     "target_max",
     "distinct_targets",
+    "agreement",
 )
 
 
@@ -93,6 +100,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopping: EarlyStopping = field(default_factory=EarlyStopping)
     finished: str = ""  # why training ended ("epochs", "early_stopping"), empty while running
+    monitor: list[dict[str, Any]] = field(default_factory=list)  # the learning monitor's records
 
 
 def pretrain(config: PretrainConfig, out: Path) -> dict[str, Any]:
@@ -136,6 +144,9 @@ def _pretrain(config: PretrainConfig, out: Path, dist_info: DistInfo) -> dict[st
         state = load_state(out / "checkpoints" / "state.pt", parts)
         log.info("resuming after epoch %d", state.epoch)
     logs = _open_logs(out, state, dist_info, steps_per_epoch)
+    probe = _probe_set(config, data, dist_info)
+    if probe is not None and not state.monitor:
+        monitor_epoch(parts, probe, state, logs, steps_per_epoch)
     log.info(
         "pretraining %s on %d images (%s), %d steps per epoch, world size %d, device %s",
         config.name,
@@ -149,8 +160,84 @@ def _pretrain(config: PretrainConfig, out: Path, dist_info: DistInfo) -> dict[st
         stop = run_epoch(parts, loader, sampler, state, logs, dist_info, steps_per_epoch)
         if state.epoch >= config.train.epochs or stop:
             state.finished = "early_stopping" if stop and state.epoch < config.train.epochs else "epochs"
+        if probe is not None and (state.epoch % config.monitor.every == 0 or state.finished):
+            monitor_epoch(parts, probe, state, logs, steps_per_epoch)
         save_epoch(out, parts, state, data, dist_info)
     return _finish(out, parts, state, data, dist_info, logs)
+
+
+def _probe_set(config: PretrainConfig, data: PretrainData, dist_info: DistInfo) -> ProbeSet | None:
+    """The monitor's labelled images (rank 0 only), or None when it is off or has no labels."""
+    if not dist_info.is_main or config.monitor.every == 0:
+        return None
+    probe = load_probe_set(
+        data.manifest,
+        read_manifest(data.manifest),
+        config.monitor,
+        size=config.views.target_size,
+        cache_dir=Path(config.data.cache_dir).expanduser(),
+        seed=config.train.seed,
+    )
+    if probe is None:
+        log.warning("learning monitor off: the manifest has no labels estimable on both train and valid")
+    else:
+        log.info(
+            "learning monitor: %s probe on %d train / %d valid labelled images, %d labels",
+            config.monitor.probe,
+            len(probe.train_images),
+            len(probe.valid_images),
+            len(probe.usable_labels),
+        )
+    return probe
+
+
+def monitor_epoch(
+    parts: TrainParts, probe: ProbeSet, state: RunState, logs: dict[str, Any], steps_per_epoch: int
+) -> None:
+    """Measure the target network after ``state.epoch`` epochs; log, record and warn (rank 0)."""
+    config = parts.config
+    started = time.perf_counter()
+    record: dict[str, Any] = {"epoch": state.epoch}
+    record.update(
+        measure(
+            parts.target,
+            parts.anchor.prototypes,
+            probe,
+            config.monitor,
+            device=parts.device,
+            seed=config.train.seed,
+        )
+    )
+    last = state.history[-1] if state.history and state.epoch else {}
+    record["target_max"] = last.get("target_max", "")
+    record["agreement"] = last.get("agreement", "")
+    record["mean_entropy_ratio"] = (
+        last["mean_entropy"] / math.log(config.loss.num_prototypes)
+        if last and config.loss.num_prototypes > 1
+        else ""
+    )
+    record["status"] = assess([*state.monitor, record], config.monitor, config.loss.num_prototypes)
+    state.monitor.append(record)
+    logs["monitor"].append(record)
+    step = max(0, state.epoch * steps_per_epoch - 1)
+    for name in ("probe_auroc", "embedding_std", "prototypes_used"):
+        logs["tensorboard"].add_scalar(f"monitor/{name}", record[name], step)
+    logs["tensorboard"].flush()
+    message = (
+        "monitor after epoch %d: probe AUROC %.3f (%d labels), embedding spread %.3f, "
+        "%d prototypes in use (%.1f s)"
+    )
+    log.info(
+        message,
+        state.epoch,
+        record["probe_auroc"],
+        record["probe_labels"],
+        record["embedding_std"],
+        record["prototypes_used"],
+        time.perf_counter() - started,
+    )
+    if record["status"] != "ok":
+        log.warning("monitor after epoch %d: %s", state.epoch, record["status"])
 
 
 def make_loader(
@@ -211,27 +298,27 @@ def run_epoch(
     parts.model.train()
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist_info.device)
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, cross-entropy, mean entropy, steps
+    names = ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement")
+    sums = [0.0] * (len(names) + 1)  # the step means of ``names``, then the step count
     started = time.perf_counter()
     stats: dict[str, float] = {}
     for index, batch in enumerate(_progress(loader, steps_per_epoch, epoch, dist_info, config)):
         step = epoch * steps_per_epoch + index
         stats = train_step(parts, batch, step)
-        for i, name in enumerate(("loss", "cross_entropy", "mean_entropy")):
+        for i, name in enumerate(names):
             sums[i] += stats[name]
-        sums[3] += 1
+        sums[-1] += 1
         if dist_info.is_main and (step % config.train.log_every == 0 or index == steps_per_epoch - 1):
             _log_step(logs, epoch, step, stats)
     seconds = time.perf_counter() - started
     totals = all_reduce_sum_(torch.tensor(sums, dtype=torch.float64, device=dist_info.device))
-    loss, cross_entropy, mean_entropy = (totals[:3] / totals[3]).tolist()
+    means = dict(zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True))
+    loss = means["loss"]
     patience_exhausted = state.stopping.update(loss, epoch)
-    images = int(totals[3]) // dist_info.world_size * config.train.batch_size
+    images = int(totals[-1]) // dist_info.world_size * config.train.batch_size
     record = {
         "epoch": epoch + 1,
-        "loss": loss,
-        "cross_entropy": cross_entropy,
-        "mean_entropy": mean_entropy,
+        **means,
         "lr": stats.get("lr", 0.0),
         "momentum": stats.get("momentum", 0.0),
         "steps": steps_per_epoch,
@@ -248,7 +335,7 @@ def run_epoch(
     if dist_info.is_main:
         logs["epochs"].append(record)
         last_step = (epoch + 1) * steps_per_epoch - 1
-        for name in ("loss", "cross_entropy", "mean_entropy", "images_per_s"):
+        for name in ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement", "images_per_s"):
             logs["tensorboard"].add_scalar(f"epoch/{name}", record[name], last_step)
         logs["tensorboard"].flush()
         log.info("epoch %d: loss %.5f (%.1f images/s)", epoch + 1, loss, record["images_per_s"])
@@ -306,6 +393,7 @@ def save_state(path: Path, parts: TrainParts, state: RunState) -> None:
         "history": state.history,
         "stopping": state.stopping.state_dict(),
         "finished": state.finished,
+        "monitor": state.monitor,
         "anchor": parts.anchor.state_dict(),
         "target": parts.target.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
@@ -331,6 +419,7 @@ def load_state(path: Path, parts: TrainParts) -> RunState:
         history=list(payload["history"]),
         stopping=EarlyStopping.from_state(payload["stopping"]),
         finished=str(payload["finished"]),
+        monitor=list(payload.get("monitor", [])),
     )
 
 
@@ -349,7 +438,12 @@ def save_encoder(path: Path, parts: TrainParts, state: RunState, data: PretrainD
             f"{', '.join(resolve_features(config.ehr.features)) or 'none (vanilla MSN)'}",
             **data.summary,
         },
-        metrics={"epochs": state.epoch, "loss": last.get("loss"), "best_loss": state.stopping.best},
+        metrics={
+            "epochs": state.epoch,
+            "loss": last.get("loss"),
+            "best_loss": state.stopping.best,
+            **_monitor_metrics(state),
+        },
         extra={
             "method": "msn",
             "weights": "EMA target encoder",
@@ -360,6 +454,17 @@ def save_encoder(path: Path, parts: TrainParts, state: RunState, data: PretrainD
         },
     )
     save_checkpoint(path, parts.target.encoder.state_dict(), metadata)
+
+
+def _monitor_metrics(state: RunState) -> dict[str, Any]:
+    if not state.monitor:
+        return {}
+    first, latest = state.monitor[0], state.monitor[-1]
+    return {
+        "monitor_probe_auroc": latest["probe_auroc"],
+        "monitor_probe_auroc_at_init": first["probe_auroc"] if first["epoch"] == 0 else None,
+        "monitor_status": latest["status"],
+    }
 
 
 def state_digest(parts: TrainParts) -> str:
@@ -395,6 +500,8 @@ def _finish(
         "ranks_identical": len(set(digests)) == 1,
         "data": data.summary,
         "encoder": str(out / "checkpoints" / "encoder.safetensors"),
+        "monitor": state.monitor,
+        "monitor_status": state.monitor[-1]["status"] if state.monitor else "off",
         **peak_memory_mb(),
     }
     if dist_info.is_main:
@@ -437,7 +544,8 @@ def _open_logs(out: Path, state: RunState, dist_info: DistInfo, steps_per_epoch:
 
     epochs = CsvLog(out / "metrics.csv", EPOCH_COLUMNS)
     steps = CsvLog(out / "steps.csv", STEP_COLUMNS)
-    epochs.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
-    steps.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
+    monitor = CsvLog(out / "monitor.csv", MONITOR_COLUMNS)
+    for log_file in (epochs, steps, monitor):
+        log_file.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=state.epoch * steps_per_epoch or None)
-    return {"epochs": epochs, "steps": steps, "tensorboard": writer}
+    return {"epochs": epochs, "steps": steps, "monitor": monitor, "tensorboard": writer}

@@ -22,7 +22,7 @@ from training.distributed import DistInfo
 from training.msn.ema import ema_update_, momentum_at
 from training.msn.masking import sample_keep_indices
 from training.msn.model import MSNAnchor, MSNTarget, num_patches
-from training.msn.msn_loss import msn_loss
+from training.msn.msn_loss import anchor_log_probabilities, msn_loss
 from training.schedule import cosine_lr, cosine_weight_decay
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,18 @@ def train_step(parts: TrainParts, batch: dict[str, torch.Tensor], step: int) -> 
         "momentum": momentum,
         "target_max": float(out.targets.max(dim=1).values.mean()),
         "distinct_targets": float(out.targets.argmax(dim=1).unique().numel()),
+        "agreement": argmax_agreement(
+            anchors.detach().float(), out.targets, prototypes.detach().float(), config
+        ),
     }
+
+
+def argmax_agreement(
+    anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor, config: PretrainConfig
+) -> float:
+    """Share of anchor views whose most likely prototype is their target's (view-major rows)."""
+    anchor_choice = anchor_log_probabilities(anchors, prototypes, config.loss.tau).argmax(dim=1)
+    return float((anchor_choice == targets.argmax(dim=1)).float().mean())
 
 
 def _optimise(parts: TrainParts, loss: torch.Tensor) -> None:
