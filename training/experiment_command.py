@@ -4,6 +4,8 @@ Examples:
   cxr-msn experiment --out runs/exp-shared --variants vanilla,D --pretrain-set train.epochs=2
   cxr-msn experiment --out runs/exp-smoke --preset smoke
   cxr-msn experiment --out runs/exp-mimic --manifest mimic.csv --backbone vit_s --variants vanilla,sex,D,all
+  cxr-msn experiment --out runs/controls --backbone small --variants vanilla,D --seeds 0,1,2 \
+      --controls random,supervised,pixels
 
 Each variant is the paper's config for the backbone (vit_t-<variant>, vit_s-<variant>) with
 the same train.seed and data; its encoder is evaluated by the paper's linear protocol on the
@@ -11,6 +13,12 @@ manifest it was pretrained on (the same patient splits for every variant). Print
 (test macro AUROC and AUPRC with 95 % CIs, the difference to the first variant with a paired
 bootstrap CI and p-value, and a paired t-test over labels) and writes OUT/results.{json,md}.
 Rerunning with the same options continues an interrupted experiment.
+
+With --controls (or several --seeds), every seed also evaluates, on the same manifest and
+patient splits, a randomly initialised encoder of the same architecture (the weights MSN
+starts from), that encoder fine-tuned on 100 % of the training labels (supervised from
+scratch) and a 32 x 32 pixel baseline; every arm is compared with the random-init encoder
+by a paired bootstrap (training.downstream.controls).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from training.downstream.controls import ControlExperiment
     from training.downstream.experiment import Experiment
 
 HELP = "pretrain + linear-evaluate vanilla MSN and MSN + EHR variants; a table with CIs (paper Tables 3/4)"
@@ -38,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from training.downstream.config import SHARED_DATA
 
     parser.add_argument("--out", type=Path, required=True, help="the experiment folder (new or to continue)")
-    parser.add_argument("--backbone", default="vit_t", help="vit_t (the paper's 6-head ViT-Tiny) or vit_s")
+    parser.add_argument(
+        "--backbone",
+        default="vit_t",
+        help="vit_t (the paper's 6-head ViT-Tiny), vit_s, or small (the small-<variant> recipes: "
+        "ViT-Tiny at 64 px for ../shared/data)",
+    )
     parser.add_argument(
         "--variants",
         default="vanilla,D",
@@ -46,6 +60,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "icu, mortality, D, SM, SI, all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="train.seed of every pretraining and linear run")
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="comma-separated seeds (e.g. 0,1,2): the whole experiment once per seed (replaces --seed)",
+    )
+    parser.add_argument(
+        "--controls",
+        default="",
+        help="comma-separated controls per seed: random (random-init encoder), supervised "
+        "(fine-tuned from random init on 100 %% of the labels), pixels (32 x 32 pixel baseline)",
+    )
+    parser.add_argument(
+        "--finetune-set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the supervised control's fine-tuning, e.g. max_epochs=20 lr=3e-4",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", type=Path, help="a manifest CSV to pretrain and evaluate on")
     source.add_argument(
@@ -81,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         experiment = build_experiment(args)
+        if args.controls or "," in args.seeds:
+            from training.downstream import controls
+
+            setup = build_controls(args, experiment)
+            print(controls.results_markdown(controls.run_controls(setup, args.out)))
+            return 0
         from training.downstream.experiment import results_markdown, run_experiment
 
         results = run_experiment(experiment, args.out)
@@ -89,6 +128,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(results_markdown(results))
     return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_controls(args: argparse.Namespace, experiment: Experiment) -> ControlExperiment:
+    from training.config import apply_overrides
+    from training.downstream.config import DownstreamConfig
+    from training.downstream.controls import ControlExperiment
+
+    seeds = tuple(int(seed) for seed in _names(args.seeds)) or (experiment.seed,)
+    default = ControlExperiment(experiment=experiment)
+    holder = DownstreamConfig(finetune=default.finetune)
+    finetune = apply_overrides(holder, [f"finetune.{item}" for item in args.finetune_set]).finetune
+    return ControlExperiment(
+        experiment=experiment,
+        seeds=seeds,
+        controls=_names(args.controls),
+        finetune=finetune,
+    )
 
 
 def build_experiment(args: argparse.Namespace) -> Experiment:
@@ -104,7 +164,7 @@ def build_experiment(args: argparse.Namespace) -> Experiment:
     downstream = apply_overrides(named_config("smoke" if smoke else "paper"), list(args.linear_set))
     return Experiment(
         backbone=args.backbone,
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        variants=_names(args.variants),
         seed=args.seed,
         data=data,
         pretrain_overrides=(*(SMOKE_PRETRAIN if smoke else ()), *args.pretrain_set),

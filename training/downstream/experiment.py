@@ -9,7 +9,8 @@ Folder (``out``)::
     <backbone>-<variant>/timing.json  wall time of each stage
     results.json, results.md          the table, and each variant's paired comparison with the first
 
-Each variant uses the paper's config for its backbone and EHR features (``vit_t-D`` ...), the
+Each variant uses the named config for its backbone and EHR features (the paper's ``vit_t-D``
+..., or the ``small-D`` recipe for ``backbone="small"``), the
 same ``train.seed`` and the same manifest; linear evaluation reads the manifest the encoder was
 pretrained on (``data.source=encoder``), so every variant has the same patient splits. A stage
 whose output is complete is skipped and an interrupted pretraining is resumed, so a killed
@@ -27,7 +28,7 @@ from typing import Any
 
 from cxrmsn.fileio import atomic_write_text
 from training.config import PretrainConfig, apply_overrides
-from training.configs import ARCHITECTURES, VARIANTS, paper_config
+from training.configs import ARCHITECTURES, VARIANTS, named_config
 from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig
 from training.run_folder import code_version, write_json
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Experiment:
-    backbone: str = "vit_t"
+    backbone: str = "vit_t"  # vit_t, vit_s (the paper's configs) or small (the small-<variant> recipes)
     variants: tuple[str, ...] = ("vanilla", "D")  # the first is the baseline of the comparisons
     seed: int = 0
     data: tuple[str, ...] = ()  # pretraining overrides that choose the data (data.source=..., ...)
@@ -45,14 +46,14 @@ class Experiment:
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ARCHITECTURES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(ARCHITECTURES)}")
+        if self.backbone not in (*ARCHITECTURES, "small"):
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {[*ARCHITECTURES, 'small']}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or len(set(self.variants)) != len(self.variants) or not self.variants:
             raise ValueError(f"variants must be distinct names of {sorted(VARIANTS)}, got {self.variants}")
 
     def pretrain_config(self, variant: str) -> PretrainConfig:
-        base = paper_config(self.backbone, variant)
+        base = named_config(f"{self.backbone}-{variant}")
         return apply_overrides(base, [*self.data, f"train.seed={self.seed}", *self.pretrain_overrides])
 
     def downstream_config(self) -> DownstreamConfig:

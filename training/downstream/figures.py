@@ -177,3 +177,32 @@ def history_figure(path: Path, runs: list[dict[str, Any]]) -> Path:
     ax.set_ylabel("validation macro AUROC")
     ax.legend(fontsize=7)
     return _save(figure, path)
+
+
+MONITOR_PANELS = (
+    ("probe_auroc", "probe macro AUROC (valid)"),
+    ("embedding_std", "embedding spread (1: spread, 0: collapsed)"),
+    ("prototypes_used", "prototypes in use (valid)"),
+    ("target_max", "mean max target probability"),
+    ("agreement", "anchor/target argmax agreement"),
+    ("mean_entropy_ratio", "H(mean prediction) / log K"),
+)
+
+
+def monitor_figure(path: Path, monitor: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> Path:
+    """The pretraining learning monitor: the training loss and one panel per monitored signal."""
+    figure, axes = _grid(1 + len(MONITOR_PANELS), columns=4, size=2.8)
+    axes[0].plot([row["epoch"] for row in epochs], [row["loss"] for row in epochs], marker=".")
+    axes[0].set_title("training loss (MSN)", fontsize=8)
+    for ax, (key, title) in zip(axes[1:], MONITOR_PANELS, strict=True):
+        points = [(row["epoch"], row[key]) for row in monitor if isinstance(row.get(key), int | float)]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".")
+        if key == "probe_auroc" and monitor and monitor[0]["epoch"] == 0:
+            ax.axhline(monitor[0][key], linestyle="--", color="grey", label="at initialisation")
+            ax.legend(fontsize=6)
+        ax.set_title(title, fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.tick_params(labelsize=7)
+    return _save(figure, path)

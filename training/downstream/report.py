@@ -7,7 +7,8 @@ collects the content once: per-label test AUROC/AUPRC with CIs, counts, threshol
 label is not estimable, the macro values and the labels they average, the runs of the
 protocol; ``report_markdown`` and ``report_html.render_html`` only lay it out, so
 ``report.md`` and ``report.html`` cannot disagree. Figures: ``roc_curves.png``,
-``pr_curves.png``, ``embeddings.png`` (t-SNE of the test CLS embeddings, PCA above
+``pr_curves.png``, ``pretraining_monitor.png`` (when the encoder's pretraining run folder
+with its ``monitor.csv`` is at hand), ``embeddings.png`` (t-SNE of the test CLS embeddings, PCA above
 ``tsne_max`` images, coloured by label), ``attention.png`` (last-layer CLS attention of the
 classifier over a few single-label positive test images, as in the paper's figures) and
 ``training_curves.png``.
@@ -32,6 +33,7 @@ from training.downstream.figures import (
     embedding_figure,
     embedding_map,
     history_figure,
+    monitor_figure,
 )
 
 NOTICE = (
@@ -55,6 +57,11 @@ ATTENTION_CAPTION = (
     "model's input; bottom: the attention over it), with the predicted probability and threshold."
 )
 HISTORY_CAPTION = "Validation macro AUROC per epoch of each run of the protocol."
+MONITOR_CAPTION = (
+    "The encoder's pretraining, from its run folder: MSN loss per epoch and the learning monitor "
+    "(probe of the EMA target encoder on the labelled validation images, dashed: its value at "
+    "initialisation; collapse signals). Monitor verdict at the end: {status}."
+)
 
 
 class Strong(str):
@@ -148,6 +155,11 @@ def draw_figures(
         curves_figure(path, predictions.probabilities, predictions.labels, per_label, kind)
         figures.append(Figure(path, caption))
     notes: list[str] = []
+    monitor = pretraining_monitor(metrics)
+    if monitor is not None:
+        rows, epochs = monitor
+        path = monitor_figure(out / "pretraining_monitor.png", rows, epochs)
+        figures.append(Figure(path, MONITOR_CAPTION.format(status=rows[-1].get("status") or "ok")))
     if predictions.embeddings is not None and len(predictions.embeddings) >= 4:
         coordinates, method = embedding_map(predictions.embeddings, seed=seed, tsne_max=tsne_max)
         shown = [label for label in LABELS if per_label[label]["status"] == "estimable"] or list(LABELS[-1:])
@@ -166,6 +178,35 @@ def draw_figures(
     if runs:
         figures.append(Figure(history_figure(out / "training_curves.png", runs), HISTORY_CAPTION))
     return figures, notes
+
+
+def pretraining_monitor(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The monitor.csv and metrics.csv rows of the encoder's pretraining run, when they are here."""
+    encoder = Path(str((metrics.get("encoder") or {}).get("path", "")))
+    run = encoder.parent.parent  # RUN/checkpoints/encoder.safetensors
+    if encoder.name != "encoder.safetensors" or not (run / "monitor.csv").is_file():
+        return None
+    rows, epochs = _read_csv(run / "monitor.csv"), _read_csv(run / "metrics.csv")
+    return (rows, epochs) if rows else None
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 def _classifier_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
