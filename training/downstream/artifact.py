@@ -211,7 +211,11 @@ def compact_metrics(metrics: dict[str, Any], thresholds: dict[str, Threshold]) -
         "selected_run": metrics.get("selected_run"),
         "bootstrap": metrics["test"]["bootstrap"],
         "threshold_method": next((t.method for t in thresholds.values()), None),
-        "valid": {"macro": metrics["valid"]["macro"], "images": metrics["valid"]["images"]},
+        "valid": {
+            "macro": metrics["valid"]["macro"],
+            "images": metrics["valid"]["images"],
+            "per_label": per_label(metrics["valid"]),  # what export's validity gate reads
+        },
         "test": {
             "macro": metrics["test"]["macro"],
             "images": metrics["test"]["images"],

@@ -73,6 +73,13 @@ def test_classifier_checkpoint_is_what_export_needs(run: Path) -> None:
     assert "not for clinical use" in metadata.intended_use
     assert metadata.training_data["splits"]["train"]["images"] == 24
     assert metadata.metrics["test"]["macro"] == metrics["test"]["macro"]
+    # per-label validation CIs travel with the checkpoint: export's validity gate needs no metrics.json
+    valid = metadata.metrics["valid"]["per_label"]
+    assert all(valid[label]["auroc"] == metrics["valid"]["per_label"][label]["auroc"] for label in valid)
+    from export.validity import build_gate
+
+    gate = build_gate(metadata, run / "elsewhere.safetensors", run_metrics=None, min_auroc_lower_bound=0.5)
+    assert gate.status == "evaluated" and gate.source == {"kind": "checkpoint metadata"}
     assert metadata.preprocessing == {
         "resize": 224,
         "crop": 224,
