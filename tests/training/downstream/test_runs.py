@@ -205,3 +205,40 @@ def test_report_html_renders_in_chromium_with_every_figure(
     page.close()
     assert len(sizes) == 5 and all(complete and width > 300 for complete, width in sizes)
     assert problems == []
+
+
+def test_report_draws_the_encoders_pretraining_monitor(linear_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.monitor import MONITOR_COLUMNS
+    from training.pretrain import EPOCH_COLUMNS
+    from training.run_folder import CsvLog
+
+    pretraining = tmp_path / "pretrain"
+    (pretraining / "checkpoints").mkdir(parents=True)
+    (pretraining / "checkpoints" / "encoder.safetensors").write_bytes(b"")
+    monitor, epochs = (
+        CsvLog(pretraining / "monitor.csv", MONITOR_COLUMNS),
+        CsvLog(pretraining / "metrics.csv", EPOCH_COLUMNS),
+    )
+    for epoch in range(4):
+        if epoch:
+            epochs.append({"epoch": epoch, "loss": 1.0 - 0.1 * epoch})
+        status = "ok" if epoch < 3 else "not learning: test"
+        monitor.append(
+            {"epoch": epoch, "probe_auroc": 0.5 + 0.05 * epoch, "probe_labels": 3, "embedding_std": 0.4,
+             "prototypes_used": 10 + epoch, "target_max": "" if epoch == 0 else 0.2, "status": status}
+        )  # fmt: skip
+    run = tmp_path / "linear"
+    shutil.copytree(linear_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["encoder"]["path"] = str(pretraining / "checkpoints" / "encoder.safetensors")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report(run, tmp_path / "report", attention_count=0)
+    with Image.open(tmp_path / "report" / "pretraining_monitor.png") as image:
+        assert image.size[0] > 600
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "](pretraining_monitor.png)" in text and "Monitor verdict at the end: not learning: test" in text
+    # a run whose encoder's pretraining folder is not at hand has no such figure
+    write_report(linear_run, tmp_path / "plain", attention_count=0)
+    assert not (tmp_path / "plain" / "pretraining_monitor.png").exists()
