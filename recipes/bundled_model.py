@@ -9,6 +9,10 @@ pretrain (MSN + EHR), linear-eval (the paper's protocol), the pixel baseline, ex
 inputs, and MODEL_CARD.md. A step recorded as finished in WORK/pipeline.json is reused, so
 a killed run continues where it stopped (pretraining itself resumes from its last epoch).
 Seeded; the run time of every step is written to WORK/pipeline.json.
+
+``--reuse-pretrain RUN`` takes a finished pretraining run folder instead of pretraining again,
+after checking that its config.json is exactly the config this recipe would run (for example
+the seed-0 run of the control experiment in docs/training.md, which is the same seeded run).
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ def cxr_msn(*args: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, work: Path, repository: Path, recipe: dict[str, Any]) -> None:
+    def __init__(
+        self, work: Path, repository: Path, recipe: dict[str, Any], reuse_pretrain: Path | None = None
+    ) -> None:
         self.work, self.repository, self.recipe = work, repository, recipe
+        self.reuse_pretrain = reuse_pretrain
         self.log_path = work / "pipeline.json"
         self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
 
@@ -70,14 +77,20 @@ class Pipeline:
         total = sum(entry["seconds"] for entry in self.log.values())
         print(f"bundled model written to {self.repository}; steps took {total / 60:.1f} min in total")
 
-    def pretrain(self) -> None:
+    def pretrain_args(self) -> list[str]:
         settings = self.recipe["pretrain"]
         overrides = [value.format(shared=SHARED_DATA) for value in settings["set"]]
+        return ["--config", settings["config"], "--set", *overrides]
+
+    def pretrain(self) -> None:
         out = self.work / "pretrain"
+        if self.reuse_pretrain is not None and not (out / "config.json").is_file():
+            copy_finished_run(self.reuse_pretrain, out, self.pretrain_args())
+            return
         if (out / "config.json").is_file():  # a killed run: continue it with its own config
             cxr_msn("pretrain", "--out", str(out), "--resume")
         else:
-            cxr_msn("pretrain", "--config", settings["config"], "--out", str(out), "--set", *overrides)
+            cxr_msn("pretrain", *self.pretrain_args(), "--out", str(out))
 
     def baseline(self) -> None:
         from recipes.baseline import fit_and_score
@@ -113,6 +126,28 @@ class Pipeline:
                 values = ["" if v is None else str(int(v)) for v in row.labels]
                 writer.writerow([str(resolve_image_path(self.manifest(), row)), *values])
         return out
+
+
+def copy_finished_run(source: Path, out: Path, pretrain_args: list[str]) -> None:
+    """Copy a finished pretraining run whose config is exactly what ``pretrain_args`` resolve to."""
+    command = [str(Path(sys.executable).with_name("cxr-msn")), "pretrain", *pretrain_args, "--print-config"]
+    expected = json.loads(
+        subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    )
+    actual = json.loads((source / "config.json").read_text())
+    if actual != expected:
+        differing = sorted(
+            f"{section}.{key}"
+            for section in expected
+            if isinstance(expected[section], dict)
+            for key in expected[section]
+            if expected[section][key] != actual.get(section, {}).get(key)
+        )
+        raise SystemExit(f"--reuse-pretrain {source}: its config differs from the recipe's: {differing}")
+    if not (source / "summary.json").is_file():
+        raise SystemExit(f"--reuse-pretrain {source}: the run is not finished (no summary.json)")
+    print(f"= pretrain: reusing {source} (same config as the recipe)", flush=True)
+    shutil.copytree(source, out)
 
 
 def regression_inputs() -> dict[str, bytes]:
@@ -172,13 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         "--repository", type=Path, default=ROOT / "model_repository", help="where the model goes"
     )
     parser.add_argument("--fresh", action="store_true", help="delete --work first and run every step")
+    parser.add_argument(
+        "--reuse-pretrain",
+        type=Path,
+        help="a finished pretraining run folder with exactly the recipe's config (not pretrained again)",
+    )
     args = parser.parse_args(argv)
     if not SHARED_DATA.is_dir():
         print(f"{SHARED_DATA} is absent: the bundled model is trained on its public images", file=sys.stderr)
         return 2
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
-    Pipeline(args.work, args.repository, json.loads(RECIPE.read_text())).run()
+    Pipeline(args.work, args.repository, json.loads(RECIPE.read_text()), args.reuse_pretrain).run()
     return 0
 
 
