@@ -14,6 +14,7 @@ from cxrmsn.fileio import atomic_write_text
 from cxrmsn.labels import LABELS
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(path: Path) -> Any:
@@ -27,18 +28,75 @@ def interval(entry: dict[str, Any] | None) -> str:
     return f"{entry['value']:.3f}" if low is None else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def label_rows(model: dict[str, Any], baseline: dict[str, Any], thresholds: dict[str, Any]) -> str:
+def label_rows(
+    model: dict[str, Any], baseline: dict[str, Any], thresholds: dict[str, Any], gate: dict[str, Any]
+) -> str:
     rows = []
     for label in LABELS:
         ours, base = model["per_label"][label], baseline["per_label"][label]
+        verdict = gate_cell(gate, label, label in thresholds)
         if ours["status"] != "estimable":
-            rows.append(f"| {label} | {ours.get('positives', 0)} | {ours['reason']} | | | |")
+            rows.append(f"| {label} | {ours.get('positives', 0)} | {ours['reason']} | | | | {verdict} |")
             continue
         threshold = thresholds[label]
         cells = [label, str(ours["positives"]), interval(ours["auroc"]), interval(ours["auprc"])]
-        cells += [interval(base["auroc"]), f"{threshold['value']:.3f} ({threshold['chosen_on']})"]
+        cells += [interval(base["auroc"]), f"{threshold['value']:.3f} ({threshold['chosen_on']})", verdict]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def gate_cell(gate: dict[str, Any], label: str, trained: bool) -> str:
+    if not trained:
+        return "untrained"
+    if not gate:
+        return "not evaluated"
+    bound = gate.get("auroc_lower_bounds", {}).get(label)
+    bound_text = "no estimate" if bound is None else f"lower bound {bound:.3f}"
+    state = "not validated" if label in gate.get("not_validated_labels", []) else "validated"
+    return f"{state} ({bound_text})"
+
+
+def gate_summary(gate: dict[str, Any], trained: list[str]) -> str:
+    if not gate:
+        return "This repository was exported without the gate."
+    failing = gate.get("not_validated_labels", [])
+    passing = [label for label in trained if label not in failing]
+    return f"Validated: {', '.join(passing) or 'none'}. Not validated: {', '.join(failing) or 'none'}."
+
+
+def monitor_rows(run: Path) -> str:
+    path = run / "monitor.csv"
+    if not path.is_file():
+        return "| (no monitor.csv: pretrained before the monitor existed) | | | | | | |"
+    with path.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+
+    def number(text: str, fmt: str) -> str:
+        return fmt.format(float(text)) if text else "-"
+
+    columns = ("probe_auroc", "embedding_std", "prototypes_used", "target_max", "agreement")
+    return "\n".join(
+        "| "
+        + " | ".join(
+            [
+                row["epoch"],
+                *(number(row[c], "{:.0f}" if c == "prototypes_used" else "{:.3f}") for c in columns),
+            ]
+        )
+        + f" | {row['status']} |"
+        for row in records
+    )
+
+
+def controls_section(folder: Path | None) -> str:
+    """The control experiment's table (docs/training.md has the commands), or why it is absent."""
+    if folder is None or not (folder / "results.md").is_file():
+        return "No control experiment was recorded with this recipe."
+    return (
+        f"From `{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}` (the command and "
+        'the discussion are in docs/training.md, "Controls"):\n\n'
+        + (folder / "results.md").read_text().strip()
+    )
 
 
 def pretraining_rows(run: Path) -> str:
@@ -62,13 +120,20 @@ def variant_rows(manifest: dict[str, Any]) -> str:
 
 
 def verdict(ours: dict[str, Any], base: dict[str, Any]) -> str:
+    low = (ours.get("ci") or [None])[0]
     if ours["value"] > base["value"]:
-        return "The self-supervised model beats the pixel baseline on the test split's macro AUROC."
+        overlap = low is not None and low <= base["value"]
+        return "The self-supervised model's test macro AUROC is above the pixel baseline's" + (
+            "; the baseline's value lies inside the model's 95 % CI, so on this small test split "
+            "the two are not distinguishable."
+            if overlap
+            else "."
+        )
     return (
         "**The self-supervised model does not beat the pixel baseline** on the test split's macro "
-        "AUROC: a few CPU epochs of MSN from random weights on about 800 small images have not "
-        "learnt features better than 32 x 32 pixels. It ships because the serving path needs a real "
-        "trained model, not because it is good."
+        "AUROC: MSN from random weights on about 800 small images on a CPU has not learnt features "
+        "better than 32 x 32 pixels. It ships because the serving path needs a real trained model, "
+        "not because it is good."
     )
 
 
@@ -78,6 +143,8 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
     with (work / "pretrain" / "metrics.csv").open(newline="") as handle:
         epochs = list(csv.DictReader(handle))
     test, valid = metrics["test"], metrics["valid"]
+    gate = manifest.get("validity_gate") or {}
+    controls = recipe.get("controls")
     splits = metrics["training_data"]["splits"]
     minutes = sum(step["seconds"] for step in pipeline.values()) / 60
     return {
@@ -106,7 +173,14 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
         "base_test": interval(baseline["test"]["macro"]["auroc"]),
         "base_valid": interval(baseline["valid"]["macro"]["auroc"]),
         "verdict": verdict(test["macro"]["auroc"], baseline["test"]["macro"]["auroc"]),
-        "label_rows": label_rows(test, baseline["test"], metrics["thresholds"]),
+        "label_rows": label_rows(test, baseline["test"], metrics["thresholds"], gate),
+        "pretrain_config": recipe["pretrain"]["config"],
+        "ehr_features": ", ".join(metrics["encoder"].get("ehr_features") or [])
+        or "no EHR features (vanilla)",
+        "monitor_rows": monitor_rows(work / "pretrain"),
+        "gate_floor": str(gate.get("min_auroc_lower_bound", 0.5)),
+        "gate_summary": gate_summary(gate, metrics["trained_labels"]),
+        "controls": controls_section(ROOT / controls if controls else None),
         "untrained": ", ".join(metrics["untrained_labels"]),
         "variant_rows": variant_rows(manifest),
     }

@@ -95,6 +95,7 @@ def smoke_config() -> PretrainConfig:
         model=ModelConfig(arch="vit_tiny_h6_patch16_224"),
         ehr=EHRConfig(features=("all",), imputer_trees=10, imputer_max_iter=3),
         train=replace(TrainConfig(), epochs=1, batch_size=16, log_every=1),
+        monitor=MonitorConfig(max_images=64),  # the probe at 224 px costs seconds per image on a CPU
     )
 
 
