@@ -336,7 +336,7 @@ def overlay_capture(
     capture.copy_patient_and_study_information(source)
     if orientation is None:
         capture.PatientOrientation = []  # unknown: Type 2, left empty rather than guessed
-    _describe_capture(capture, source, model, overlay_rgb.shape)
+    _describe_capture(capture, source, model, overlay_rgb.shape, result["attention"]["shape"])
     return capture
 
 
@@ -355,12 +355,14 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
 
 
 def _describe_capture(
-    capture: Dataset, source: Dataset, model: dict[str, Any], shape: tuple[int, ...]
+    capture: Dataset, source: Dataset, model: dict[str, Any], shape: tuple[int, ...], grid: list[int]
 ) -> None:
+    rows, columns = grid
     description = (
-        f"Attention heatmap of {model['name']} {_version(model)} blended over the "
-        f"{shape[1]} x {shape[0]} region the model saw: the source image after its resize and "
-        f"centre crop (the borders outside the crop are not shown)."
+        f"Attention heatmap of {model['name']} {_version(model)} on the model's {rows} x {columns} "
+        f"patch grid, blended over the region the model saw: the source image after its resize and "
+        f"centre crop (the borders outside the crop are not shown), the model's input pixels shown "
+        f"at {shape[1]} x {shape[0]}."
     )
     capture.DerivationDescription = f"{description} {NOT_CLINICAL}"
     capture.ImageComments = f"{description} {_intended_use(model)}"

@@ -1,4 +1,12 @@
-"""Attention heatmap over the model's view of the image, as PNG bytes (numpy + Pillow)."""
+"""Attention heatmap over the model's view of the image, as PNG bytes (numpy + Pillow).
+
+The model's view is its input pixels: the repository's resize and centre crop of the decoded
+image (``crop`` x ``crop``, before normalisation), enlarged to ``OVERLAY_SIDE`` x
+``OVERLAY_SIDE`` with nearest neighbour, so each pixel the model saw is one visible block
+(7 x 7 display pixels at 64 px, 2 x 2 at 224 px) and no detail it did not see is drawn.
+The attention map ([gh, gw], the model's patch grid: 8 x 8 at 64 px with 8 px patches,
+14 x 14 at 224 px with 16 px patches) covers the same square and is upsampled onto it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from cxrmsn.preprocess import PreprocessConfig, resize_and_crop
 _ANCHORS = np.array(
     [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
 )
+#: Side of the ``image=true`` and ``overlay=true`` PNGs and the Secondary Capture, whatever the
+#: model's input size (the /ui page shows them at this size).
 OVERLAY_SIDE = 448
 
 
@@ -25,21 +35,27 @@ def colour_map(values: np.ndarray) -> np.ndarray:
 
 
 def model_view(grey: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
-    """The region the model saw (its resize and centre crop) at ``OVERLAY_SIDE`` pixels, in [0, 1]."""
-    scale = OVERLAY_SIDE / preprocessing.crop
-    view = PreprocessConfig(
-        resize=round(preprocessing.resize * scale),
-        crop=OVERLAY_SIDE,
-        mean=preprocessing.mean,
-        std=preprocessing.std,
+    """The model's input pixels (its resize and centre crop) at ``OVERLAY_SIDE`` pixels, in [0, 1].
+
+    Enlarged with nearest neighbour (a crop larger than ``OVERLAY_SIDE`` is shrunk with a box
+    filter), so what is shown is what the model saw, not a sharper rendering of the source.
+    """
+    seen = resize_and_crop(grey, preprocessing)
+    if seen.shape == (OVERLAY_SIDE, OVERLAY_SIDE):
+        return seen
+    resample = Image.Resampling.NEAREST if preprocessing.crop < OVERLAY_SIDE else Image.Resampling.BOX
+    shown = Image.fromarray(np.ascontiguousarray(seen, dtype=np.float32), mode="F").resize(
+        (OVERLAY_SIDE, OVERLAY_SIDE), resample
     )
-    return resize_and_crop(grey, view)
+    return np.asarray(shown, dtype=np.float32)
 
 
 def overlay_rgb(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
     """The model's view with attention blended over it: uint8 [side, side, 3].
 
-    ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map.
+    ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map on the model's
+    patch grid, upsampled (bicubic) over the whole view: cell (i, j) covers the view's rows
+    ``[i, i + 1) * side / gh`` and columns ``[j, j + 1) * side / gw``.
     """
     background = model_view(grey, preprocessing)
     peak = float(attention.max())

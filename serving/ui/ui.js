@@ -87,6 +87,7 @@ async function analyse(file) {
 
 function render(result) {
   $("view").src = `data:image/png;base64,${result.image_png_base64}`;
+  $("view-size").textContent = viewSize(result.attention.shape);
   drawHeatmap(result.attention);
   renderFindings(result);
   renderFacts(result.input, result.warnings);
@@ -96,6 +97,15 @@ function render(result) {
   document.body.dataset.state = "done";
 }
 
+// The model's input size comes from the repository's preprocessing (GET /model), the grid from
+// the answer itself: e.g. " (its 64 × 64 px input; attention on its 8 × 8 patch grid)".
+function viewSize([rows, columns]) {
+  const crop = modelCard && modelCard.preprocessing ? modelCard.preprocessing.crop : null;
+  const input = crop ? `its ${crop} × ${crop} px input; ` : "";
+  return ` (${input}attention on its ${rows} × ${columns} patch grid)`;
+}
+
+// The attention grid (any shape) is stretched over the whole view: the patch grid covers the crop.
 function drawHeatmap(attention) {
   const [rows, columns] = attention.shape;
   // Stretched to the map's own range: a near-uniform map would otherwise paint one flat colour.
