@@ -5,8 +5,9 @@ Kept in fp32, for a ViT:
 1. every ``LayerNormalization``: its variance sums squares over the embedding, which
    overflows fp16 (max 65504) once activations pass about 256, and trained ViTs have
    such outlier channels; TensorRT warns about exactly this for fp16 LayerNorm;
-2. every ``Softmax``: exp and the normalising sum over 197 tokens lose the small
-   attention weights that the attention map is made of;
+2. every ``Softmax``: exp and the normalising sum over the tokens (197 at 224 px with
+   16 px patches, 65 at 64 px with 8 px patches) lose the small attention weights that
+   the attention map is made of;
 3. every node whose fp32 output exceeds a quarter of fp16's range on the probe inputs
    (found by running the fp32 graph with every intermediate exposed).
 
