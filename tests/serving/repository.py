@@ -8,6 +8,7 @@ import torch
 
 from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
 from cxrmsn.model import CXRClassifier
+from cxrmsn.preprocess import DEFAULT_PREPROCESS, PreprocessConfig
 from tests.run_metrics import run_metrics, write_run_metrics
 
 TRAINED = ["Cardiomegaly", "Pleural Effusion", "No Finding"]
@@ -18,15 +19,23 @@ TRAINED = ["Cardiomegaly", "Pleural Effusion", "No Finding"]
 THRESHOLDS = {"Cardiomegaly": 0.0, "Pleural Effusion": 1.0, "No Finding": 0.0, "Edema": 0.0}
 VALIDATED = ["Cardiomegaly", "Pleural Effusion"]
 NOT_VALIDATED = ["No Finding"]
+# The small recipe's input size: 64 px images, 8 px patches, an 8 x 8 attention grid.
+SMALL_ARCHITECTURE = "vit_nano_patch8_64"
+SMALL_PREPROCESSING = PreprocessConfig(resize=64, crop=64)
 
 
-def export_test_repository(root: Path, architecture: str = "vit_nano_patch16_224") -> Path:
+def export_test_repository(
+    root: Path,
+    architecture: str = "vit_nano_patch16_224",
+    preprocessing: PreprocessConfig = DEFAULT_PREPROCESS,
+) -> Path:
     from export.build import ExportOptions, export_repository
 
     torch.manual_seed(0)
     checkpoint = root / "checkpoint.safetensors"
     metadata = CheckpointMetadata(
         architecture=architecture,
+        preprocessing=preprocessing.to_dict(),
         trained_labels=TRAINED,
         thresholds=THRESHOLDS,
         training_data={"summary": "randomly initialised: untrained, for testing only"},
@@ -38,3 +47,8 @@ def export_test_repository(root: Path, architecture: str = "vit_nano_patch16_224
     repository = root / "model_repository"
     export_repository(checkpoint, repository, ExportOptions(variants=("fp32",), ort_optimised="never"))
     return repository
+
+
+def export_small_test_repository(root: Path) -> Path:
+    """The same repository at the small recipe's input size (64 px, 8 x 8 grid)."""
+    return export_test_repository(root, SMALL_ARCHITECTURE, SMALL_PREPROCESSING)
