@@ -53,3 +53,12 @@ def test_init_checkpoint_writes_a_loadable_untrained_model(tmp_path: Path) -> No
     _, metadata = load_classifier(out)
     assert metadata.architecture == "vit_nano_patch16_224"
     assert metadata.trained_labels == [] and "untrained" in metadata.training_data["summary"]
+
+
+def test_init_checkpoint_preprocesses_to_the_architectures_input_size(tmp_path: Path) -> None:
+    out = tmp_path / "nano64.safetensors"
+    assert cxr_msn("init-checkpoint", str(out), "--arch", "vit_nano_patch8_64").returncode == 0
+    from cxrmsn.checkpoint import read_metadata
+
+    preprocessing = read_metadata(out).preprocessing
+    assert (preprocessing["resize"], preprocessing["crop"]) == (64, 64)
