@@ -3,13 +3,19 @@
 ``model_repository/manifest.json`` lists every model file with its sha256, the labels,
 the preprocessing, the thresholds, the per-label validity gate and where the weights came
 from. Serving loads a model only through ``verified_model_path``, which refuses a file whose
-hash does not match. numpy-free and torch-free: serving imports it.
+hash does not match. Each model also records how far its probabilities were from the fp32
+model's at export (``Fp32Agreement``), and ``regression.json`` (``RegressionRecord``) holds
+fixed inputs with the fp32 model's probabilities for them: serving's start-up self-check runs
+them through the variant it loads and refuses it beyond its tolerance. numpy-free and
+torch-free: serving imports it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,20 @@ FORMAT_VERSION = 1
 
 GATE_EVALUATED = "evaluated"
 GATE_NOT_EVALUATED = "not_evaluated"
+
+#: How far an fp32-precision model may be from the stored fp32 probabilities: the same arithmetic,
+#: only summed in another order on another CPU (measured: about 1e-7).
+FP32_TOLERANCE = 1e-5
+#: A derived variant (int8, fp16) may differ from fp32 by this many times the largest difference
+#: measured at export (the headroom covers inputs other than the export's check images) ...
+TOLERANCE_FACTOR = 2.0
+#: ... and, for a manifest that recorded no difference at all, by this much.
+DEFAULT_DERIVED_TOLERANCE = 0.02
+REGRESSION_FILE = "regression.json"
+REGRESSION_INPUTS_FILE = "regression_inputs.npy"
+REGRESSION_FORMAT_VERSION = 2
+#: The /proc/cpuinfo flags that decide which int8 kernels ONNX Runtime runs on x86-64.
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
 
 
 class RepositoryError(ValueError):
@@ -66,6 +86,42 @@ class ValidityGate:
             )
 
 
+def agreement_tolerance(max_abs_difference: float) -> float:
+    """The self-check tolerance of a variant measured ``max_abs_difference`` from fp32 at export."""
+    return max(TOLERANCE_FACTOR * max_abs_difference, FP32_TOLERANCE)
+
+
+@dataclass
+class Fp32Agreement:
+    """A model's probabilities against the fp32 model's on the export's check images.
+
+    ``tolerance`` (``agreement_tolerance`` of the maximum) is what serving's self-check holds
+    the model to on ``regression.json``'s inputs; ``cpu`` is the exporting machine.
+    """
+
+    max_abs_difference: float
+    mean_abs_difference: float
+    tolerance: float
+    compared_on: str  # e.g. "valid.csv (149 images)"
+    cpu: dict[str, Any] = field(default_factory=dict)  # cpu_features() of the exporting machine
+    output: str = "probabilities"
+
+    def __post_init__(self) -> None:
+        values = (self.max_abs_difference, self.mean_abs_difference, self.tolerance)
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in values):
+            raise RepositoryError(f"fp32_agreement needs finite differences >= 0, got {values}")
+        if self.tolerance <= 0:
+            raise RepositoryError(f"fp32_agreement tolerance must be > 0, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a variant may be from the fp32 probabilities, and where that number came from."""
+
+    value: float
+    source: str
+
+
 @dataclass
 class ModelFile:
     """One servable model file, relative to the repository root."""
@@ -76,6 +132,34 @@ class ModelFile:
     precision: str  # "fp32", "fp16", "int8"
     triton_model: str  # the Triton model folder that holds it, e.g. "cxr_msn"
     notes: dict[str, Any] = field(default_factory=dict)  # accuracy deltas, optimisation ...
+    # None: exported before the agreement was recorded (variant_tolerance derives one).
+    fp32_agreement: Fp32Agreement | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fp32_agreement, dict):
+            self.fp32_agreement = Fp32Agreement(**self.fp32_agreement)
+
+
+def variant_tolerance(entry: ModelFile) -> Tolerance:
+    """The self-check tolerance of one model: recorded at export, else derived from what was."""
+    agreement = entry.fp32_agreement
+    if agreement is not None:
+        return Tolerance(
+            agreement.tolerance,
+            f"recorded at export (max difference from fp32 {agreement.max_abs_difference:.3g} on "
+            f"{agreement.compared_on}; tolerance {TOLERANCE_FACTOR:g} x that, at least {FP32_TOLERANCE:g})",
+        )
+    if entry.precision == "fp32":
+        return Tolerance(FP32_TOLERANCE, "fp32 arithmetic")
+    recorded = entry.notes.get("max_abs_diff_vs_fp32")
+    measured = recorded.get("probabilities") if isinstance(recorded, dict) else None
+    if isinstance(measured, int | float) and math.isfinite(measured):
+        return Tolerance(
+            agreement_tolerance(measured),
+            f"derived: {TOLERANCE_FACTOR:g} x the max difference from fp32 in its export notes, "
+            f"{measured:.3g} (the manifest predates fp32_agreement)",
+        )
+    return Tolerance(DEFAULT_DERIVED_TOLERANCE, "default: the manifest records no difference from fp32")
 
 
 @dataclass
@@ -133,6 +217,129 @@ class RepositoryManifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
+@dataclass
+class RegressionRecord:
+    """``regression.json``: fixed inputs, the fp32 model's probabilities for them, and tolerances.
+
+    Format version 2 stores the model inputs (float32 ``[N, 3, S, S]``, in ``reference``
+    order) in ``inputs_file`` and pins only the fp32 probabilities; every variant, fp32
+    included, is compared with those within ``tolerances[variant]``. Version 1 (written
+    before the self-check) pinned each variant's own probabilities and stored no inputs: it
+    is read as its fp32 values, with each other variant's tolerance from the manifest, and
+    cannot drive the self-check (``inputs_file`` None).
+    """
+
+    reference: dict[str, dict[str, float]]  # input name -> label -> fp32 probability
+    tolerances: dict[str, float]  # variant -> largest allowed |probability - reference|
+    inputs_file: str | None = REGRESSION_INPUTS_FILE
+    observed: dict[str, float] = field(default_factory=dict)  # variant -> max difference when written
+    tolerance_sources: dict[str, str] = field(default_factory=dict)
+    about: str = ""
+    format_version: int = REGRESSION_FORMAT_VERSION
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.reference)
+
+    def tolerance(self, variant: str, manifest: RepositoryManifest) -> Tolerance:
+        """``variant``'s tolerance: as written here, else (a variant added later) the manifest's."""
+        if variant in self.tolerances:
+            return Tolerance(self.tolerances[variant], self.tolerance_sources.get(variant, REGRESSION_FILE))
+        if variant not in manifest.models:
+            raise RepositoryError(
+                f"variant {variant!r} is not in the manifest; it has {sorted(manifest.models)}"
+            )
+        return variant_tolerance(manifest.models[variant])
+
+    def to_json(self) -> str:
+        document = {
+            "about": self.about,
+            "format_version": REGRESSION_FORMAT_VERSION,
+            "inputs": {"file": self.inputs_file, "names": self.names, "dtype": "float32"},
+            "reference": {"variant": "fp32", "probabilities": self.reference},
+            "variants": {
+                variant: {
+                    "compared_with": "fp32",
+                    "tolerance": tolerance,
+                    "tolerance_from": self.tolerance_sources.get(variant, ""),
+                    "max_abs_difference_when_written": self.observed.get(variant),
+                }
+                for variant, tolerance in sorted(self.tolerances.items())
+            },
+        }
+        return json.dumps(document, indent=2) + "\n"
+
+
+def read_regression_record(
+    repository: str | os.PathLike[str], manifest: RepositoryManifest
+) -> RegressionRecord | None:
+    """``regression.json`` of ``repository`` (checked against the manifest), or None if there is none."""
+    if not (Path(repository) / REGRESSION_FILE).is_file():
+        return None
+    path = verified_file(repository, manifest, REGRESSION_FILE)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        version = values.get("format_version", 1)
+        if version not in (1, REGRESSION_FORMAT_VERSION):
+            raise ValueError(
+                f"format version {version}; this cxr-msn reads 1 and {REGRESSION_FORMAT_VERSION}"
+            )
+        record = _regression_v2(values) if version == 2 else _regression_v1(values, manifest)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path} is invalid: {type(exc).__name__}: {exc}") from None
+    for name, probabilities in record.reference.items():
+        if list(probabilities) != manifest.labels:
+            raise RepositoryError(f"{path}: the probabilities of {name!r} are not by the manifest's labels")
+    return record
+
+
+def _regression_v2(values: dict[str, Any]) -> RegressionRecord:
+    reference = values["reference"]
+    if reference["variant"] != "fp32":
+        raise ValueError(f"the reference must be fp32, not {reference['variant']!r}")
+    probabilities = {
+        str(name): {str(label): float(p) for label, p in by_label.items()}
+        for name, by_label in reference["probabilities"].items()
+    }
+    if list(values["inputs"]["names"]) != list(probabilities):
+        raise ValueError("inputs.names and the reference probabilities name different inputs")
+    variants = values["variants"]
+    return RegressionRecord(
+        reference=probabilities,
+        tolerances={name: float(entry["tolerance"]) for name, entry in variants.items()},
+        inputs_file=str(values["inputs"]["file"]),
+        observed={
+            name: float(entry["max_abs_difference_when_written"])
+            for name, entry in variants.items()
+            if entry.get("max_abs_difference_when_written") is not None
+        },
+        tolerance_sources={name: str(entry.get("tolerance_from", "")) for name, entry in variants.items()},
+        about=str(values.get("about", "")),
+    )
+
+
+def _regression_v1(values: dict[str, Any], manifest: RepositoryManifest) -> RegressionRecord:
+    variants = values["variants"]
+    reference = {
+        str(name): {str(label): float(p) for label, p in by_label.items()}
+        for name, by_label in variants["fp32"].items()
+    }
+    tolerances = {"fp32": float(values["tolerance"])}
+    sources = {"fp32": f"{REGRESSION_FILE} (format 1)"}
+    for variant in variants:
+        if variant != "fp32" and variant in manifest.models:
+            derived = variant_tolerance(manifest.models[variant])
+            tolerances[variant], sources[variant] = derived.value, derived.source
+    return RegressionRecord(
+        reference=reference,
+        tolerances=tolerances,
+        inputs_file=None,
+        tolerance_sources=sources,
+        about=str(values.get("about", "")),
+        format_version=1,
+    )
+
+
 def write_manifest(repository: str | os.PathLike[str], manifest: RepositoryManifest) -> Path:
     path = Path(repository) / MANIFEST_NAME
     atomic_write_text(path, manifest.to_json())
@@ -183,3 +390,53 @@ def verified_model_path(
             f"{entry.sha256[:12]}...: modified or corrupt; refusing to load it"
         )
     return path
+
+
+def verified_file(repository: str | os.PathLike[str], manifest: RepositoryManifest, relative: str) -> Path:
+    """The path of a non-model file whose sha256 matches ``manifest.files``, or RepositoryError."""
+    expected = manifest.files.get(relative)
+    if expected is None:
+        raise RepositoryError(f"{relative} is not listed in {MANIFEST_NAME}: refusing to trust it")
+    path = Path(repository) / relative
+    if not path.is_file():
+        raise RepositoryError(f"{relative} listed in the manifest is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise RepositoryError(
+            f"{relative} has sha256 {actual[:12]}..., the manifest says {expected[:12]}...: "
+            "modified or corrupt; refusing to use it"
+        )
+    return path
+
+
+def cpu_features(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str, Any]:
+    """This CPU as ONNX Runtime's int8 kernels see it: model name, machine and INT8_CPU_FLAGS.
+
+    A flag is None where ``cpuinfo`` lists no x86 flags (another OS or architecture).
+    """
+    flags: set[str] | None = None
+    model = ""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+        elif key.strip() == "model name" and not model:
+            model = value.strip()
+    return {
+        "model": model or platform.processor() or "unknown",
+        "machine": platform.machine(),
+        "flags": {name: (name in flags if flags is not None else None) for name in INT8_CPU_FLAGS},
+    }
+
+
+def describe_cpu(cpu: dict[str, Any]) -> str:
+    """``cpu_features()`` in words, e.g. "AMD EPYC (x86_64): avx2 yes, avx512f no, ..."."""
+    flags = cpu.get("flags") or {}
+    where = f"{cpu.get('model', 'unknown')} ({cpu.get('machine', '?')})"
+    if all(value is None for value in flags.values()):
+        return f"{where}: int8 CPU flags unknown (no x86 flags in /proc/cpuinfo)"
+    return f"{where}: " + ", ".join(f"{name} {'yes' if value else 'no'}" for name, value in flags.items())
