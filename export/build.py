@@ -4,8 +4,10 @@
 2. Export fp32 ONNX, run the ONNX checker (full check), compare the interface and check
    parity with PyTorch at batch 1 and 8 (max abs difference <= 1e-4).
 3. Derive fp16 (LayerNorm, Softmax and out-of-range nodes kept fp32) and int8 (dynamic
-   quantisation); compare each with fp32 on the validation set (macro AUROC change)
-   or, without one, on generated inputs (max abs difference only).
+   quantisation, 7-bit per-channel weights that cannot saturate on any x86-64 CPU); compare
+   each with fp32 on the validation set (macro AUROC change) or, without one, on generated
+   inputs, and record each model's ``fp32_agreement``: its max and mean probability
+   difference from fp32 and the tolerance serving's self-check holds it to.
 4. Optionally an onnxruntime graph-optimised fp32 model, kept only where it is
    measurably faster on this CPU (``--ort-optimised auto``).
 5. Triton folders (CPU config, GPU config, labels), the python-backend twin, and
@@ -32,7 +34,16 @@ from typing import Any
 import numpy as np
 
 from cxrmsn.fileio import sha256_file
-from cxrmsn.repository import MANIFEST_NAME, ModelFile, RepositoryManifest, ValidityGate, write_manifest
+from cxrmsn.repository import (
+    MANIFEST_NAME,
+    Fp32Agreement,
+    ModelFile,
+    RepositoryManifest,
+    ValidityGate,
+    agreement_tolerance,
+    cpu_features,
+    write_manifest,
+)
 from export import triton
 from export.errors import ExportError
 from export.onnx_export import OPSET, GraphInterface, check_onnx, expected_interface, export_onnx, save_onnx
@@ -98,6 +109,7 @@ class _Context:
     reference: Outputs
     evaluation: EvaluationSet | None
     reference_auroc: dict[str, Any] | None
+    cpu: dict[str, Any]  # cpu_features() of this machine, recorded with every comparison
 
 
 def export_repository(
@@ -160,9 +172,13 @@ def _build(
     )
     reference = run(cpu_session(fp32_path), images)
     reference_auroc = macro_auroc(reference[0], evaluation.labels) if evaluation else None
-    context = _Context(staging, interface, onnx_metadata, images, reference, evaluation, reference_auroc)
+    context = _Context(
+        staging, interface, onnx_metadata, images, reference, evaluation, reference_auroc, cpu_features()
+    )
     files: dict[str, ModelFile] = {
-        "fp32": _model_file(staging, fp32_path, "fp32", fp32_notes | _fp32_accuracy(context))
+        "fp32": _model_file(
+            staging, fp32_path, "fp32", fp32_notes | _fp32_accuracy(context), _agreement(context, reference)
+        )
     }
     if "fp16" in options.variants:
         files["fp16"] = _fp16_variant(context, fp32_path)
@@ -234,7 +250,8 @@ def _fp16_variant(context: _Context, fp32_path: Path) -> ModelFile:
     path = _model_path(context.staging, "fp16")
     save_onnx(converted, path, context.metadata | {"cxr_msn.precision": "fp16"})
     check_onnx(path, context.interface)
-    return _model_file(context.staging, path, "fp16", notes | _compare(context, path))
+    comparison, agreement = _compare(context, path)
+    return _model_file(context.staging, path, "fp16", notes | comparison, agreement)
 
 
 def _int8_variant(context: _Context, fp32_path: Path) -> ModelFile:
@@ -245,9 +262,22 @@ def _int8_variant(context: _Context, fp32_path: Path) -> ModelFile:
     log.info("quantising to int8")
     path = _model_path(context.staging, "int8")
     notes = quantise_int8(fp32_path, path)
+    bound = notes["int16_pair_sums"]
+    if not bound["saturation_free"]:
+        raise ExportError(
+            f"int8 weights reach u8 x s8 pair sums of {bound['min']}..{bound['max']}, outside int16: "
+            "CPUs without VNNI would saturate them (quantise with reduce_range)"
+        )
     save_onnx(onnx.load(str(path)), path, context.metadata | {"cxr_msn.precision": "int8"})
     check_onnx(path, context.interface)
-    return _model_file(context.staging, path, "int8", notes | _compare(context, path))
+    comparison, agreement = _compare(context, path)
+    log.info(
+        "int8 vs fp32: max %.4g, mean %.4g probability difference (self-check tolerance %.4g)",
+        agreement.max_abs_difference,
+        agreement.mean_abs_difference,
+        agreement.tolerance,
+    )
+    return _model_file(context.staging, path, "int8", notes | comparison, agreement)
 
 
 def _optimised_variant(
@@ -291,7 +321,8 @@ def _optimised_variant(
         "why": "onnxruntime applies these optimisations itself when it loads the fp32 model; "
         "this file saves that work at load time and is kept only where timing favoured it",
     } | decision
-    return _model_file(context.staging, path, "fp32", notes | _compare(context, path)), decision
+    comparison, agreement = _compare(context, path)
+    return _model_file(context.staging, path, "fp32", notes | comparison, agreement), decision
 
 
 def keep_optimised(mode: str, speedups: dict[str, float]) -> bool:
@@ -305,22 +336,39 @@ def _fp32_accuracy(context: _Context) -> dict[str, Any]:
     return {"validation_set": context.evaluation.source, "auroc": context.reference_auroc}
 
 
-def _compare(context: _Context, path: Path) -> dict[str, Any]:
+def _compared_on(context: _Context) -> str:
+    return context.evaluation.source if context.evaluation else f"{len(context.images)} generated inputs"
+
+
+def _agreement(context: _Context, outputs: Outputs) -> Fp32Agreement:
+    """``outputs``' probabilities against fp32's on the check images, with the self-check tolerance."""
+    difference = np.abs(outputs[0].astype(np.float64) - context.reference[0])
+    largest = float(difference.max())
+    return Fp32Agreement(
+        max_abs_difference=largest,
+        mean_abs_difference=float(difference.mean()),
+        tolerance=agreement_tolerance(largest),
+        compared_on=_compared_on(context),
+        cpu=context.cpu,
+    )
+
+
+def _compare(context: _Context, path: Path) -> tuple[dict[str, Any], Fp32Agreement]:
     """A variant's difference from fp32 and, with a validation set, its macro AUROC change."""
     outputs = run(cpu_session(path), context.images)
     difference = max_abs_difference(outputs, context.reference)
     if not all(np.isfinite(value) for value in difference.values()):
         raise ExportError(f"{path.name} gives non-finite outputs where fp32 does not: {difference}")
-    where = context.evaluation.source if context.evaluation else f"{len(context.images)} generated inputs"
-    notes: dict[str, Any] = {"max_abs_diff_vs_fp32": difference, "compared_on": where}
+    agreement = _agreement(context, outputs)
+    notes: dict[str, Any] = {"max_abs_diff_vs_fp32": difference, "compared_on": _compared_on(context)}
     reference = context.reference_auroc
     if context.evaluation is None or reference is None:
         notes["auroc"] = "not measured: no --validation-manifest was given"
-        return notes
+        return notes, agreement
     auroc = macro_auroc(outputs[0], context.evaluation.labels)
     if auroc["macro_auroc"] is None or reference["macro_auroc"] is None:
         notes["auroc"] = "not measured: no label has both positives and negatives in the validation set"
-        return notes
+        return notes, agreement
     notes["auroc"] = {
         "macro_auroc": auroc["macro_auroc"],
         "macro_auroc_fp32": reference["macro_auroc"],
@@ -330,7 +378,7 @@ def _compare(context: _Context, path: Path) -> dict[str, Any]:
         },
         "skipped_labels": auroc["skipped_labels"],
     }
-    return notes
+    return notes, agreement
 
 
 def _write_triton_folders(
@@ -373,7 +421,9 @@ def _model_path(staging: Path, variant: str) -> Path:
     return path
 
 
-def _model_file(staging: Path, path: Path, precision: str, notes: dict[str, Any]) -> ModelFile:
+def _model_file(
+    staging: Path, path: Path, precision: str, notes: dict[str, Any], agreement: Fp32Agreement
+) -> ModelFile:
     relative = path.relative_to(staging)
     return ModelFile(
         path=relative.as_posix(),
@@ -382,6 +432,7 @@ def _model_file(staging: Path, path: Path, precision: str, notes: dict[str, Any]
         precision=precision,
         triton_model=relative.parts[0],
         notes=notes,
+        fp32_agreement=agreement,
     )
 
 
