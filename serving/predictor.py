@@ -3,12 +3,22 @@
 bytes -> ``cxrmsn.imaging.decode`` -> ``cxrmsn.preprocess.preprocess`` -> backend ->
 a JSON-ready result. The model file is verified against the manifest's sha256 before
 it is loaded.
+
+Then the self-check: the repository's stored regression inputs (``regression.json``) go
+through the loaded variant, and its probabilities must be within the variant's tolerance
+of the stored fp32 probabilities (fp32: 1e-5; int8: twice what export measured). An int8
+model can compute other integers on another CPU (x86-64 without VNNI saturates int16);
+this is where that shows. A variant that fails is refused (``VariantRefusedError``, one line
+naming the CPU's int8 flags) or, with ``CXR_MSN_VARIANT_FALLBACK=fp32``, replaced by fp32
+with a warning. A repository without regression inputs is served unchecked, with a note.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection
+import logging
+import os
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +27,18 @@ import numpy as np
 
 from cxrmsn.imaging import DecodedImage, decode
 from cxrmsn.preprocess import preprocess
-from cxrmsn.repository import GATE_EVALUATED, RepositoryManifest, read_manifest, verified_model_path
+from cxrmsn.repository import (
+    GATE_EVALUATED,
+    REGRESSION_FILE,
+    RepositoryError,
+    RepositoryManifest,
+    cpu_features,
+    describe_cpu,
+    read_manifest,
+    read_regression_record,
+    verified_file,
+    verified_model_path,
+)
 from serving.backends import Backend, create_backend
 from serving.config import ServingConfig
 from serving.overlay import model_view, overlay_png, overlay_rgb, png_bytes
@@ -33,6 +54,73 @@ GATE_ABSENT = {
     "status": "absent",
     "reason": "this model repository was exported before the validity gate; no label is marked not validated",
 }
+FALLBACK_ENV = "CXR_MSN_VARIANT_FALLBACK"
+FALLBACK_WARNING = (
+    "served {served} instead of {requested}: {requested} failed its start-up self-check on this CPU"
+)
+PASSED, FAILED, SKIPPED, NOT_RUN = "passed", "failed", "skipped", "not run"
+LOGGER = logging.getLogger(__name__)
+
+
+class VariantRefusedError(RepositoryError):
+    """The variant to serve is further from the stored fp32 probabilities than it may be, here."""
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """The start-up self-check of one variant: passed, failed, skipped (nothing to run) or not run."""
+
+    variant: str
+    status: str
+    detail: str
+    max_abs_difference: float | None = None
+    tolerance: float | None = None
+
+
+def variant_fallback_from_env() -> str | None:
+    """The variant ``CXR_MSN_VARIANT_FALLBACK`` names (``fp32``), or None (unset, empty, ``none``)."""
+    value = os.environ.get(FALLBACK_ENV, "").strip()
+    return None if value.lower() in ("", "none") else value
+
+
+def run_self_check(
+    repository: Path,
+    manifest: RepositoryManifest,
+    variant: str,
+    infer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> SelfCheck:
+    """Run the stored regression inputs through ``infer`` and compare with the stored fp32 probabilities."""
+    record = read_regression_record(repository, manifest)  # RepositoryError if tampered
+    if record is None:
+        return SelfCheck(variant, SKIPPED, f"no {REGRESSION_FILE} in {repository}: nothing to compare with")
+    if record.inputs_file is None:
+        return SelfCheck(
+            variant,
+            SKIPPED,
+            f"{REGRESSION_FILE} is format {record.format_version}, written before the self-check: "
+            "it stores no model inputs (write them again: recipes.bundled_model.write_regression_values)",
+        )
+    inputs = np.load(verified_file(repository, manifest, record.inputs_file), allow_pickle=False)
+    if inputs.dtype != np.float32 or inputs.ndim != 4 or len(inputs) != len(record.names):
+        raise RepositoryError(
+            f"{record.inputs_file} holds {inputs.dtype} {list(inputs.shape)}, not float32 "
+            f"[{len(record.names)}, 3, S, S] as {REGRESSION_FILE} says"
+        )
+    try:
+        probabilities, _ = infer(inputs)
+    except Exception as error:  # ONNX Runtime raises its own types; the variant cannot be served
+        detail = f"{variant} failed to run its regression inputs ({type(error).__name__}: {error})"
+        return SelfCheck(variant, FAILED, " ".join(detail.split())[:300])
+    reference = [[record.reference[name][label] for label in manifest.labels] for name in record.names]
+    difference = np.abs(np.asarray(probabilities, dtype=np.float64) - np.asarray(reference))
+    worst = float(difference.max()) if np.isfinite(difference).all() else float("inf")
+    tolerance = record.tolerance(variant, manifest)
+    detail = (
+        f"{variant} is up to {worst:.3g} from the stored fp32 probabilities on {len(record.names)} "
+        f"regression inputs, tolerance {tolerance.value:.3g}"
+    )
+    status = PASSED if worst <= tolerance.value else FAILED
+    return SelfCheck(variant, status, detail, worst, tolerance.value)
 
 
 @dataclass(frozen=True)
@@ -44,18 +132,68 @@ class PreparedImage:
 class Predictor:
     """One loaded, verified model and everything needed to turn bytes into a result."""
 
-    def __init__(self, config: ServingConfig) -> None:
+    def __init__(
+        self, config: ServingConfig, *, self_check: bool = True, fallback: str | None = None
+    ) -> None:
+        """Load and self-check ``config``'s variant; ``fallback`` is served instead if it fails.
+
+        Raises ``VariantRefusedError`` when the variant fails its self-check and there is no
+        fallback (or the fallback fails too); ``RepositoryError`` for a damaged repository.
+        """
         self.config = config
         self.manifest: RepositoryManifest = read_manifest(config.model_repository)
-        self.variant = config.variant or self.manifest.default_variant
-        model_path = verified_model_path(config.model_repository, self.manifest, self.variant)
+        self.requested_variant = config.variant or self.manifest.default_variant
+        if fallback is not None and fallback not in self.manifest.models:
+            raise RepositoryError(
+                f"{FALLBACK_ENV}={fallback}: no such variant in {config.model_repository}; "
+                f"it has {sorted(self.manifest.models)}"
+            )
+        self.variant = self.requested_variant
+        self.fallback_reason: str | None = None
+        self.backend: Backend
+        self.backend, self.self_check = self._load(self.variant, self_check)
+        if self.self_check.status == FAILED:
+            failed = self.self_check
+            if fallback is None or fallback == self.variant:
+                raise VariantRefusedError(refusal_message(config.model_repository, failed))
+            LOGGER.warning(
+                "variant %s failed its self-check: %s; CPU %s; serving %s instead (%s=%s)",
+                self.variant,
+                failed.detail,
+                describe_cpu(cpu_features()),
+                fallback,
+                FALLBACK_ENV,
+                fallback,
+            )
+            self.fallback_reason = FALLBACK_WARNING.format(served=fallback, requested=self.variant)
+            self.variant = fallback
+            self.backend, self.self_check = self._load(fallback, self_check)
+            if self.self_check.status == FAILED:
+                raise VariantRefusedError(refusal_message(config.model_repository, failed, self.self_check))
         self.model_file = self.manifest.models[self.variant]
         self.preprocessing = self.manifest.preprocess_config
-        triton_model = config.triton_model or self.model_file.triton_model
-        self.backend: Backend = create_backend(config, model_path, triton_model)
         trained = set(self.manifest.trained_labels)
         self.untrained_labels = [label for label in self.manifest.labels if label not in trained]
         self.not_validated_labels = self.manifest.not_validated_labels
+
+    def _load(self, variant: str, check: bool) -> tuple[Backend, SelfCheck]:
+        repository = self.config.model_repository
+        model_path = verified_model_path(repository, self.manifest, variant)
+        explicit = self.config.triton_model if variant == self.requested_variant else None
+        backend = create_backend(
+            self.config, model_path, explicit or self.manifest.models[variant].triton_model
+        )
+        if not check:
+            return backend, SelfCheck(variant, NOT_RUN, "self-check turned off by the caller")
+        if self.config.backend != "onnxruntime":
+            result = SelfCheck(variant, SKIPPED, "the model runs on the Triton server, not in this process")
+        else:
+            result = run_self_check(repository, self.manifest, variant, backend.infer)
+        if result.status == SKIPPED:
+            LOGGER.info("self-check of %s skipped: %s", variant, result.detail)
+        elif result.status == PASSED:
+            LOGGER.info("self-check passed: %s", result.detail)
+        return backend, result
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input."""
@@ -126,7 +264,7 @@ class Predictor:
 
     def model_warnings(self) -> list[str]:
         """What every result of this model carries: labels that can never be positive, and why."""
-        warnings = []
+        warnings = [self.fallback_reason] if self.fallback_reason else []
         if self.untrained_labels:
             warnings.append(UNTRAINED_WARNING.format(labels=", ".join(self.untrained_labels)))
         gate = self.manifest.validity_gate
@@ -181,9 +319,43 @@ class Predictor:
         }
 
 
-def load_predictor(repository: Path | None = None, **overrides: Any) -> Predictor:
+def refusal_message(repository: Path, check: SelfCheck, fallback: SelfCheck | None = None) -> str:
+    """One line: which variant is refused, by how much, and this CPU's int8 flags."""
+    if fallback is None:
+        what, hint = check.detail, f" (set {FALLBACK_ENV}=fp32 to serve fp32 instead)"
+    else:
+        what, hint = f"{check.detail}; the fallback failed too: {fallback.detail}", ""
+    return (
+        f"refusing variant {check.variant} of {repository}: {what}; CPU {describe_cpu(cpu_features())}{hint}"
+    )
+
+
+def load_predictor(
+    repository: Path | None = None, *, self_check: bool = True, fallback: str | None = None, **overrides: Any
+) -> Predictor:
+    """A Predictor configured from the environment.
+
+    ``fallback``: the variant served if the chosen one fails its self-check; None reads
+    CXR_MSN_VARIANT_FALLBACK, ``"none"`` refuses whatever the environment says.
+    """
     config = ServingConfig.from_env()
     values = {**config.__dict__, **overrides}
     if repository is not None:
         values["model_repository"] = repository
-    return Predictor(ServingConfig(**values))
+    if fallback is None:
+        fallback = variant_fallback_from_env()
+    elif fallback.lower() == "none":
+        fallback = None
+    return Predictor(ServingConfig(**values), self_check=self_check, fallback=fallback)
+
+
+def startup_self_check(config: ServingConfig, fallback: str | None) -> str:
+    """Load ``config``'s variant as the service will; one line on what its self-check found.
+
+    Raises ``VariantRefusedError`` (refused) or ``RepositoryError`` (damaged repository).
+    """
+    predictor = Predictor(config, fallback=fallback)
+    check = predictor.self_check
+    if predictor.fallback_reason:
+        return f"{predictor.fallback_reason}; {check.variant} {check.status}: {check.detail}"
+    return f"self-check of {check.variant} {check.status}: {check.detail}"

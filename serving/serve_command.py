@@ -1,13 +1,17 @@
 """Check the model repository, then run the BentoML service (``bentoml serve``).
 
 The check reads manifest.json, verifies the served file's size and sha256 and opens it
-with ONNX Runtime; any problem is one clear message and exit status 2, before a server
-starts. Options override the environment variables documented in the README.
+with ONNX Runtime; then the self-check runs the repository's regression inputs through the
+variant and compares them with the stored fp32 probabilities (``serving.predictor``). Any
+problem is one clear message and exit status 2, before a server starts; a variant that
+fails its self-check is served as ``--variant-fallback`` instead, if given. Options
+override the environment variables documented in the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -47,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("CXR_MSN_TRITON_MODEL"),
         help="Triton model name; default: the manifest's for the variant (env CXR_MSN_TRITON_MODEL)",
     )
+    parser.add_argument(
+        "--variant-fallback",
+        default=os.environ.get("CXR_MSN_VARIANT_FALLBACK"),
+        metavar="VARIANT",
+        help="serve this variant (fp32) when the chosen one fails its start-up self-check on this CPU; "
+        "default: refuse to start (env CXR_MSN_VARIANT_FALLBACK)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)"
@@ -66,13 +77,39 @@ def run(args: argparse.Namespace) -> int:
         env["CXR_MSN_VARIANT"] = args.variant
     if args.triton_model:
         env["CXR_MSN_TRITON_MODEL"] = args.triton_model
+    if args.variant_fallback:
+        env["CXR_MSN_VARIANT_FALLBACK"] = args.variant_fallback
     problem = preflight(args.repository, args.variant, args.backend)  # also run at service import
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
         return 2
+    if args.backend == "onnxruntime":  # the service checks again at import; Triton's CPU is not ours
+        problem, outcome = _self_check(args)
+        if problem:
+            print(f"cxr-msn serve: {problem}", file=sys.stderr)
+            return 2
+        print(f"cxr-msn serve: {outcome}", file=sys.stderr)
     print(f"cxr-msn serve: {args.repository} verified", file=sys.stderr)
     if args.check_only:
         return 0
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", SERVICE, "--host", args.host, "--port", str(args.port)]
     os.execvpe(command[0], command, env)
+
+
+def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(one line why the variant is refused, or None; what the self-check found)."""
+    from serving.config import ServingConfig
+    from serving.predictor import startup_self_check
+
+    fallback = args.variant_fallback if (args.variant_fallback or "none").lower() != "none" else None
+    try:
+        config = dataclasses.replace(
+            ServingConfig.from_env(),
+            model_repository=args.repository,
+            variant=args.variant,
+            backend="onnxruntime",
+        )
+        return None, startup_self_check(config, fallback)
+    except ValueError as error:  # RepositoryError, VariantRefusedError, a malformed environment variable
+        return str(error), ""

@@ -28,7 +28,7 @@ from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
 from serving.middleware import UploadLimitMiddleware
-from serving.predictor import Predictor, PreparedImage
+from serving.predictor import Predictor, PreparedImage, startup_self_check, variant_fallback_from_env
 from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
 
@@ -39,6 +39,13 @@ CONFIG = ServingConfig.from_env()
 _PROBLEM = preflight(CONFIG.model_repository, CONFIG.variant, CONFIG.backend)
 if _PROBLEM:
     raise SystemExit(f"cxr-msn: {_PROBLEM}")
+# The self-check (serving.predictor): the variant must reproduce the stored fp32 probabilities
+# on this CPU, or be replaced by CXR_MSN_VARIANT_FALLBACK; refused here with one line too.
+VARIANT_FALLBACK = variant_fallback_from_env()
+try:
+    LOGGER.info("%s", startup_self_check(CONFIG, VARIANT_FALLBACK))
+except ValueError as _error:  # RepositoryError and VariantRefusedError
+    raise SystemExit(f"cxr-msn: {_error}") from None
 
 model_api = FastAPI(title="cxr-msn model information", version="1")
 # The /ui page's three files, read once: (content, media type) by name.
@@ -74,7 +81,7 @@ class CXRService:
     """Chest X-ray classification with a multimodal-MSN ViT (research use only)."""
 
     def __init__(self) -> None:
-        self.predictor = Predictor(CONFIG)
+        self.predictor = Predictor(CONFIG, fallback=VARIANT_FALLBACK)
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self.predictor.infer, max_batch_size=CONFIG.max_batch_size)
         self.batcher.on_batch = self.metrics.observe_batch
