@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrmsn.fileio import atomic_write_text, sha256_file
+from cxrmsn.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).with_name("bundled_model.json")
@@ -168,9 +168,11 @@ def regression_inputs() -> dict[str, bytes]:
 
 
 def predict_regression_inputs(repository: Path, variant: str) -> dict[str, dict[str, float]]:
+    """The served probabilities of the fixed inputs: decoded, preprocessed and run as serving does."""
     from serving.predictor import load_predictor
 
-    predictor = load_predictor(repository, variant=variant)
+    # No start-up self-check: this is what the regression values are compared with (or made from).
+    predictor = load_predictor(repository, variant=variant, self_check=False)
     results = {}
     for name, data in regression_inputs().items():
         prepared = predictor.prepare(data)
@@ -182,20 +184,30 @@ def predict_regression_inputs(repository: Path, variant: str) -> dict[str, dict[
 
 
 def write_regression_values(repository: Path) -> None:
-    """Store the served probabilities of the fixed inputs with the model, listed in its manifest."""
-    from cxrmsn.repository import read_manifest, write_manifest
+    """Store the fixed inputs, as the model sees them, and fp32's probabilities for them.
 
-    manifest = read_manifest(repository)
-    values = {variant: predict_regression_inputs(repository, variant) for variant in sorted(manifest.models)}
-    document = {
-        "about": "probabilities the bundled model gives for two fixed inputs (recipes/bundled_model.py "
-        "regression_inputs); tests/bundled checks the served model still gives them",
-        "tolerance": 1e-5,
-        "variants": values,
-    }
-    atomic_write_text(repository / REGRESSION_FILE, json.dumps(document, indent=2) + "\n")
-    manifest.files[REGRESSION_FILE] = sha256_file(repository / REGRESSION_FILE)
-    write_manifest(repository, manifest)
+    ``regression_inputs.npy`` (the preprocessed inputs) and ``regression.json`` (fp32's
+    probabilities, each variant's tolerance from the manifest's ``fp32_agreement``), both
+    listed in the manifest: serving's start-up self-check runs them through the variant it
+    loads, and tests/bundled runs the original files through the whole served path. Only
+    fp32 is pinned; int8 is compared with fp32 within the tolerance export measured.
+    """
+    from export.regression import write_regression_record
+    from serving.predictor import load_predictor
+
+    predictor = load_predictor(repository, variant="fp32", self_check=False)
+    inputs = {name: predictor.prepare(data).model_input for name, data in regression_inputs().items()}
+    record = write_regression_record(
+        repository,
+        inputs,
+        about="the fp32 model's probabilities for two fixed inputs (recipes/bundled_model.py "
+        "regression_inputs; preprocessed in regression_inputs.npy): serving's self-check and "
+        "tests/bundled compare every variant with them within the variant's tolerance",
+    )
+    for variant, tolerance in record.tolerances.items():
+        print(
+            f"regression: {variant} is {record.observed[variant]:.3g} from fp32 (tolerance {tolerance:.3g})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
