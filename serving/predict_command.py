@@ -49,11 +49,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cxrmsn.errors import DecodeError
+    from cxrmsn.repository import RepositoryError
     from serving.predictor import load_predictor
 
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
-    predictor = load_predictor(args.repository, variant=args.variant)
+    try:
+        predictor = load_predictor(args.repository, variant=args.variant)
+    except RepositoryError as error:  # a bad repository, or a variant refused by its self-check
+        print(f"cxr-msn predict: {error}", file=sys.stderr)
+        return 2
     if args.format != "json":  # JSON records carry them in each result's warnings
         for warning in predictor.model_warnings():  # labels never counted positive, and why
             print(f"note: {warning}", file=sys.stderr)

@@ -228,3 +228,26 @@ def test_the_service_refuses_to_start_on_a_failing_variant(checked_repository: P
     assert result.stderr.splitlines()[-1].startswith(
         f"cxr-msn: refusing variant int8 of {broken}: int8 is up to"
     )
+
+
+def test_cxr_msn_predict_refuses_a_failing_variant_in_one_line(
+    checked_repository: Path, tmp_path: Path
+) -> None:
+    broken = with_regression_record(tmp_path, checked_repository, int8_tolerance_too_small)
+    picture = tmp_path / "picture.png"
+    from PIL import Image
+
+    Image.new("L", (80, 80), 128).save(picture)
+    command = [str(Path(sys.executable).with_name("cxr-msn")), "predict", str(picture)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_MSN_", "MODEL_REPOSITORY"))}
+    refused = subprocess.run(
+        [*command, "--repository", str(broken), "--variant", "int8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert refused.returncode == 2
+    [line] = [line for line in refused.stderr.splitlines() if line.startswith("cxr-msn predict:")]
+    assert line.startswith("cxr-msn predict: refusing variant int8") and "avx512_vnni" in line
+    assert "Traceback" not in refused.stderr
