@@ -216,7 +216,10 @@ def monitor_epoch(
         if last and config.loss.num_prototypes > 1
         else ""
     )
-    record["status"] = assess([*state.monitor, record], config.monitor, config.loss.num_prototypes)
+    multimodal = parts.anchor.fusion is not None
+    record["status"] = assess(
+        [*state.monitor, record], config.monitor, config.loss.num_prototypes, multimodal=multimodal
+    )
     state.monitor.append(record)
     logs["monitor"].append(record)
     step = max(0, state.epoch * steps_per_epoch - 1)

@@ -96,6 +96,9 @@ def test_assess_says_collapsing_when_the_spread_or_the_prototypes_in_use_fall() 
     assert "collapsing: 3 prototypes in use (< 13)" in assess([start, record(1, 0.6, used=3)], config, 256)
     # before training a random network may use few prototypes: that is not a collapse
     assert assess([record(0, 0.5, used=3)], config, 256) == "ok"
+    # MSN + EHR: the target head never sees the fused features, so few prototypes is not a collapse
+    assert assess([start, record(1, 0.6, used=1)], config, 256, multimodal=True) == "ok"
+    assert "embedding spread" in assess([start, record(1, 0.6, spread=0.01)], config, 256, multimodal=True)
 
 
 def test_monitor_config_rejects_bad_values() -> None:
