@@ -33,6 +33,9 @@ from cxrmsn.repository import GATE_EVALUATED, GATE_NOT_EVALUATED, ValidityGate
 SPLIT = "valid"
 MIN_CI_LEVEL = 0.95
 RUN_METRICS_NAME = "metrics.json"
+# Too few cases of a class make a bootstrap CI meaningless (most resamples lack the class and
+# are dropped; the rest agree by construction): such a label is not validated, whatever its CI.
+MIN_CASES = 5
 
 
 def build_gate(
@@ -120,6 +123,12 @@ def _lower_bound(entry: Any, floor: float, source: dict[str, Any]) -> tuple[floa
     if not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(value) for value in ci)):
         raise ValueError(f"{source['kind']}: a {SPLIT} AUROC CI that is not [low, high]: {ci!r}")
     low, high = float(ci[0]), float(ci[1])
+    cases = [entry.get(key) for key in ("positives", "negatives")]
+    if any(_is_number(count) and count < MIN_CASES for count in cases):
+        return low, (
+            f"{cases[0]} positive and {cases[1]} negative {SPLIT} images: fewer than {MIN_CASES} of a "
+            "class, too few for a meaningful CI"
+        )
     if low > floor:
         return low, None
     return low, (
@@ -139,7 +148,7 @@ def _validation_block(
         return _from_run_metrics(metadata, run_metrics, "--run-metrics")
     own = metadata.metrics.get(SPLIT)
     if isinstance(own, dict) and isinstance(own.get("per_label"), dict):
-        level = _level(metadata.metrics.get("bootstrap"), own.get("bootstrap"), where="checkpoint metadata")
+        level = _level(own.get("bootstrap"), metadata.metrics.get("bootstrap"), where="checkpoint metadata")
         return own, level, {"kind": "checkpoint metadata"}
     beside = checkpoint.with_name(RUN_METRICS_NAME)
     if beside.is_file():

@@ -147,7 +147,10 @@ def copy_finished_run(source: Path, out: Path, pretrain_args: list[str]) -> None
     if not (source / "summary.json").is_file():
         raise SystemExit(f"--reuse-pretrain {source}: the run is not finished (no summary.json)")
     print(f"= pretrain: reusing {source} (same config as the recipe)", flush=True)
-    shutil.copytree(source, out)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    partial.rename(out)  # a killed copy leaves no half run folder that would look resumable
 
 
 def regression_inputs() -> dict[str, bytes]:

@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         experiment = build_experiment(args)
-        if args.controls or "," in args.seeds:
+        if args.controls or args.seeds.strip():
             from training.downstream import controls
 
             setup = build_controls(args, experiment)

@@ -548,7 +548,9 @@ def _open_logs(out: Path, state: RunState, dist_info: DistInfo, steps_per_epoch:
     epochs = CsvLog(out / "metrics.csv", EPOCH_COLUMNS)
     steps = CsvLog(out / "steps.csv", STEP_COLUMNS)
     monitor = CsvLog(out / "monitor.csv", MONITOR_COLUMNS)
-    for log_file in (epochs, steps, monitor):
+    for log_file in (epochs, steps):
         log_file.keep_rows(lambda row: int(row["epoch"]) <= state.epoch)
+    measured = {int(record["epoch"]) for record in state.monitor}  # a kill before the first save
+    monitor.keep_rows(lambda row: int(row["epoch"]) in measured)  # leaves an epoch-0 row unsaved
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=state.epoch * steps_per_epoch or None)
     return {"epochs": epochs, "steps": steps, "monitor": monitor, "tensorboard": writer}

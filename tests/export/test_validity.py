@@ -169,3 +169,13 @@ def test_export_refuses_a_floor_outside_0_to_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "min_auroc_lower_bound must be in [0, 1)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_label_with_fewer_than_five_cases_of_a_class_is_not_validated_whatever_its_ci() -> None:
+    values = metrics()
+    entry = values["valid"]["per_label"]["Cardiomegaly"]
+    assert entry["auroc"]["ci"][0] > 0.5  # validated on its CI
+    entry["positives"] = 4
+    gate = gate_at(0.5, values)
+    assert "Cardiomegaly" in gate.not_validated_labels
+    assert "fewer than 5 of a class" in gate.reasons["Cardiomegaly"]

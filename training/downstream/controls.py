@@ -107,6 +107,7 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
     timing_file = folder / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     encoder = folder / "random" / "encoder.safetensors"
+    seed = int(json.loads((pretrain_dir / "config.json").read_text())["train"]["seed"])
     for control in setup.controls:
         done = {
             "random": folder / "random" / "linear" / "metrics.json",
@@ -117,7 +118,7 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
             continue
         started = time.perf_counter()
         if control in ("random", "supervised") and not encoder.is_file():
-            write_random_encoder(pretrain_dir, encoder, seed=experiment.seed)
+            write_random_encoder(pretrain_dir, encoder, seed=seed)
         if control == "random":
             from training.downstream.linear_eval import linear_eval
 
@@ -130,9 +131,7 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
             from training.downstream.pixels import pixel_baseline
 
             pixel_baseline(
-                pretrain_dir / "manifest.csv"
-                if (pretrain_dir / "manifest.csv").is_file()
-                else _manifest(encoder),
+                _manifest(pretrain_dir / "checkpoints" / "encoder.safetensors"),
                 folder / "pixels",
                 seed=experiment.seed,
                 settings=downstream.metrics.bootstrap(),
@@ -164,8 +163,9 @@ def write_random_encoder(pretrain_dir: Path, out: Path, *, seed: int) -> Path:
     from cxrmsn.model import create_encoder
 
     source = read_metadata(pretrain_dir / "checkpoints" / "encoder.safetensors")
-    torch.manual_seed(seed)
-    encoder = create_encoder(source.architecture, dynamic_img_size=True)
+    with torch.random.fork_rng():  # leave the caller's random state as it was
+        torch.manual_seed(seed)
+        encoder = create_encoder(source.architecture, dynamic_img_size=True)
     training_data = {
         **source.training_data,
         "summary": f"random initialisation (seed {seed}), no pretraining: a control",
@@ -283,14 +283,15 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     for row in results["rows"]:
         comparison = row.get("vs_random")
-        delta, p_text = "(reference)" if row["arm"] == "random" else "-", "-"
+        delta, p_text = ("(reference)" if row["arm"] == "random" else "-"), "-"
         if comparison:
             delta = _ci(comparison["difference"])
             p = comparison["difference"].get("p_value_two_sided")
             p_text = f"{p:.3f}" if p is not None else "-"
         valid = row["valid_macro_auroc"]
+        valid_text = f"{valid['value']:.3f}" if valid else "-"
         lines.append(
-            f"| {arm_name(row['arm'])} | {row['seed']} | {valid['value']:.3f} | "
+            f"| {arm_name(row['arm'])} | {row['seed']} | {valid_text} | "
             f"{_ci(row['test_macro_auroc'])} | {_ci(row['test_macro_auprc'])} | {delta} | {p_text} |"
         )
     lines += [
@@ -311,7 +312,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             above = f"{entry['seeds_above_random']}/{entry['seeds']}"
             significant = f"{entry['seeds_significantly_above_random']}/{entry['seeds']}"
         else:
-            delta, above, significant = "(reference)", "-", "-"
+            delta, above, significant = ("(reference)" if entry["arm"] == "random" else "-"), "-", "-"
         lines.append(
             f"| {arm_name(entry['arm'])} | {entry['seeds']} | {spread} | {delta} | {above} | {significant} |"
         )

@@ -7,12 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxrmsn.checkpoint import load_checkpoint
 from tests.training.downstream.fixtures import small_config
+from training.config import from_dict
+from training.distributed import DistInfo
 from training.downstream.config import FinetuneConfig
 from training.downstream.controls import ControlExperiment, results_markdown, run_controls
 from training.downstream.experiment import Experiment
+from training.train_step import build_parts
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +68,12 @@ def test_msn_and_the_three_controls_share_splits_and_are_compared_with_random_in
     )
     assert metadata.architecture == "vit_nano_patch8_64" and metadata.extra["method"] == "random-init"
     assert "no pretraining" in metadata.training_data["summary"]
-    pretrained, _ = load_checkpoint(
-        out / "seed0" / "small-vanilla" / "pretrain" / "checkpoints" / "encoder.safetensors"
-    )
-    assert state.keys() == pretrained.keys()
+    pretrain_dir = out / "seed0" / "small-vanilla" / "pretrain"
+    config = from_dict(json.loads((pretrain_dir / "config.json").read_text()))
+    torch.manual_seed(config.train.seed)  # as training.pretrain does before building the networks
+    cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    start = build_parts(config, ehr_dim=0, steps_per_epoch=1, dist_info=cpu).anchor.encoder.state_dict()
+    assert state.keys() == start.keys() and all(torch.equal(state[k], start[k]) for k in state)
 
     summary = {entry["arm"]: entry for entry in results["summary"]}
     assert summary["random"]["seeds"] == 1 and "seeds_above_random" not in summary["random"]
