@@ -124,7 +124,7 @@ def _lower_bound(entry: Any, floor: float, source: dict[str, Any]) -> tuple[floa
         raise ValueError(f"{source['kind']}: a {SPLIT} AUROC CI that is not [low, high]: {ci!r}")
     low, high = float(ci[0]), float(ci[1])
     cases = [entry.get(key) for key in ("positives", "negatives")]
-    if any(_is_number(count) and count < MIN_CASES for count in cases):
+    if any(isinstance(count, int | float) and count < MIN_CASES for count in cases):
         return low, (
             f"{cases[0]} positive and {cases[1]} negative {SPLIT} images: fewer than {MIN_CASES} of a "
             "class, too few for a meaningful CI"

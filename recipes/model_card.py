@@ -75,6 +75,7 @@ def monitor_rows(run: Path) -> str:
         return fmt.format(float(text)) if text else "-"
 
     columns = ("probe_auroc", "embedding_std", "prototypes_used", "target_max", "agreement")
+    statuses = current_statuses(run, records)
     return "\n".join(
         "| "
         + " | ".join(
@@ -83,9 +84,33 @@ def monitor_rows(run: Path) -> str:
                 *(number(row[c], "{:.0f}" if c == "prototypes_used" else "{:.3f}") for c in columns),
             ]
         )
-        + f" | {row['status']} |"
-        for row in records
+        + f" | {status_cell(status, row['status'])} |"
+        for row, status in zip(records, statuses, strict=True)
     )
+
+
+def status_cell(current: str, logged: str) -> str:
+    return current if current == logged else f"{current} (the run logged: {logged})"
+
+
+def current_statuses(run: Path, records: list[dict[str, str]]) -> list[str]:
+    """The monitor's verdict on each record under today's rules (training.monitor.assess)."""
+    from training.config import from_dict
+    from training.monitor import assess
+
+    config = from_dict(json.loads((run / "config.json").read_text()))
+    multimodal = bool(config.ehr.features)
+    history = [
+        {key: int(row[key]) if key in ("epoch", "prototypes_used") else float(row[key]) for key in NUMERIC}
+        for row in records
+    ]
+    return [
+        assess(history[: index + 1], config.monitor, config.loss.num_prototypes, multimodal=multimodal)
+        for index in range(len(history))
+    ]
+
+
+NUMERIC = ("epoch", "probe_auroc", "embedding_std", "prototypes_used")
 
 
 def controls_section(folder: Path | None) -> str:
@@ -146,7 +171,10 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
     gate = manifest.get("validity_gate") or {}
     controls = recipe.get("controls")
     splits = metrics["training_data"]["splits"]
-    minutes = sum(step["seconds"] for step in pipeline.values()) / 60
+    pretrain_seconds = sum(float(row["seconds"]) for row in epochs)  # also when the run was reused
+    steps = {name: step["seconds"] for name, step in pipeline.items()}
+    steps["pretrain"] = max(steps.get("pretrain", 0.0), pretrain_seconds)
+    minutes = sum(steps.values()) / 60
     return {
         "total_minutes": f"{minutes:.0f}",
         "architecture": manifest["architecture"],
@@ -154,7 +182,7 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
         "preprocessing": ", ".join(f"{k} {v}" for k, v in manifest["preprocessing"].items()),
         "seed": str(recipe["seed"]),
         "step_times": f"{minutes:.0f} min in total ("
-        + ", ".join(f"{name} {step['seconds'] / 60:.1f} min" for name, step in pipeline.items())
+        + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in steps.items())
         + ")",
         "split_counts": "; ".join(
             f"{name} {info['images']} images ("
