@@ -15,8 +15,8 @@ weight-decay schedule (0.04 -> 0.4) and gradient clipping, and an EMA that ramps
 to 1 (with the paper's 0.996 the target would barely move in 192 steps). Chosen by the
 learning monitor (docs/training.md, "Small recipes"): with 20 epochs the validation probe
 peaked at epochs 4-8 and fell after, on all three seeds. The monitor probes every 2 epochs;
-no early stopping on the training loss. About 5 minutes on 2 idle CPU cores. The paper's
-configs are unchanged.
+no early stopping on the training loss. About 5 minutes on 2 CPU cores (estimated from a
+2-thread trial). The paper's configs are unchanged.
 
 ``smoke``: one short epoch of ViT-Tiny MSN + all EHR features on 64 training images of
 ``../shared/data`` (a manifest built in the run folder), paper-sized views, in a few
