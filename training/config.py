@@ -259,6 +259,11 @@ class MonitorConfig:
             )
         if self.probe not in ("logistic", "knn"):
             raise ValueError(f"monitor.probe must be logistic or knn, got {self.probe!r}")
+        if self.min_gain < 0 or self.min_embedding_std < 0:
+            raise ValueError(
+                f"need monitor.min_gain >= 0 and min_embedding_std >= 0; got {self.min_gain}, "
+                f"{self.min_embedding_std}"
+            )
         if self.warn_after < 1 or not 0 <= self.min_prototypes_fraction <= 1:
             raise ValueError(
                 f"need monitor.warn_after >= 1 and 0 <= min_prototypes_fraction <= 1; got "

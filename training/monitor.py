@@ -96,7 +96,7 @@ def load_probe_set(
 ) -> ProbeSet | None:
     """The probe's images and labels, or None when the manifest has no usable labelled rows."""
     splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for split in ("train", "valid"):
+    for split in ("valid", "train"):  # valid first: without labels there, nothing to cache
         chosen = [r for r in rows if r.split == split and any(v is not None for v in r.labels)]
         if config.max_images and len(chosen) > config.max_images:
             picked = np.random.default_rng(seed).choice(len(chosen), config.max_images, replace=False)
