@@ -187,6 +187,10 @@ def pretraining_monitor(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     if encoder.name != "encoder.safetensors" or not (run / "monitor.csv").is_file():
         return None
     rows, epochs = _read_csv(run / "monitor.csv"), _read_csv(run / "metrics.csv")
+    last = ((metrics.get("encoder") or {}).get("pretraining_metrics") or {}).get("epochs")
+    if isinstance(last, int):  # the run may have gone on after this encoder was saved
+        rows = [row for row in rows if row["epoch"] <= last]
+        epochs = [row for row in epochs if row["epoch"] <= last]
     return (rows, epochs) if rows else None
 
 
