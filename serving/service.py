@@ -27,7 +27,7 @@ from serving import dicom_output
 from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
-from serving.middleware import UploadLimitMiddleware
+from serving.middleware import BOOL_VALUES, FormShape, RequestShapeMiddleware, UploadLimitMiddleware
 from serving.predictor import Predictor, PreparedImage, startup_self_check, variant_fallback_from_env
 from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
@@ -257,3 +257,11 @@ async def ui_file(asset: str = "index.html") -> Response:
 
 _service: Any = CXRService  # the bentoml.Service object the decorators made of the class
 _service.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)
+# Added second, so it runs inside the upload limit: the bodies it reads are bounded by it.
+# The form of each API route, kept next to the signatures above (test_http_shapes checks both).
+API_FORMS = {
+    "/predict": FormShape("file", {"overlay": BOOL_VALUES, "image": BOOL_VALUES}),
+    "/predict_batch": FormShape("files", {"overlay": BOOL_VALUES}, max_files=CONFIG.max_files_per_batch),
+    "/predict_dicom": FormShape("file", {"output": frozenset({"sr", "sc", "both"})}),
+}
+_service.add_asgi_middleware(RequestShapeMiddleware, routes=API_FORMS)
