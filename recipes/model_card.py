@@ -121,6 +121,19 @@ def controls_section(folder: Path | None) -> str:
         f"From `{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}` (the command and "
         'the discussion are in docs/training.md, "Controls"):\n\n'
         + (folder / "results.md").read_text().strip()
+        + _probe_section(folder)
+    )
+
+
+def _probe_section(folder: Path) -> str:
+    probe = folder / "logistic_probe.md"
+    if not probe.is_file():
+        return ""
+    return (
+        "\n\nThe same encoders read out by the learning monitor's logistic probe instead of the paper's "
+        "linear protocol (`python -m recipes.probe_controls`, added after the experiment: a lead, not a "
+        "pre-registered result; the served classifier uses the paper's protocol):\n\n"
+        + probe.read_text().strip()
     )
 
 
