@@ -74,6 +74,14 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "image_too_small": (422, "a side shorter than the minimum (default 16 px)"),
     "bad_aspect_ratio": (422, "longer side more than 4 times the shorter one"),
     "blank_image": (422, "every pixel has the same value: nothing to classify"),
+    "truncated_input": (
+        400,
+        "a JPEG (plain or in DICOM) whose scan data is too short for the size its header declares",
+    ),
+    "non_finite_pixels": (
+        422,
+        "the DICOM rescale, LUT or window arithmetic overflows (e.g. RescaleSlope 1e39, WindowWidth 1e308)",
+    ),
     "dicom_output_unavailable": (
         422,
         "DICOM output asked for, but the upload is not DICOM or lacks a UID the output must reference",

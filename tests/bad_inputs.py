@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from tests.helpers import (
     SHARED_DATA,
@@ -122,6 +123,77 @@ def _empty_voi_lut() -> bytes:
     item.LUTDescriptor = [0, 0, 8]
     item.add_new((0x0028, 0x3006), "US", [])
     return _dicom_variant(VOILUTSequence=Sequence([item]))
+
+
+# Hostile headers (issue 15). Each puts ``marker`` in the bad value so a test can check
+# that no error message quotes it.
+
+
+def _lut_item(descriptor: list[int] | None, vr: str, data: object) -> Dataset:
+    item = Dataset()
+    if descriptor is not None:
+        item.LUTDescriptor = descriptor
+    item.add_new((0x0028, 0x3006), vr, data)  # LUTData
+    return item
+
+
+def modality_lut_variant(kind: str, marker: str) -> bytes:
+    """A DICOM whose Modality LUT Sequence is malformed in the way ``kind`` names.
+
+    kinds: short_data, no_descriptor, data_as_ob, data_as_text.
+    """
+    from pydicom.sequence import Sequence
+
+    items = {
+        "short_data": lambda: _lut_item([4096, 0, 16], "US", [1, 2, 3]),
+        "no_descriptor": lambda: _lut_item(None, "US", list(range(256))),
+        "data_as_ob": lambda: _lut_item([256, 0, 16], "OB", marker.encode() * 3),
+        "data_as_text": lambda: _lut_item([256, 0, 16], "LO", marker),
+    }
+    item = items[kind]()
+    item.ModalityLUTType = "US"
+    item.LUTExplanation = marker
+    return _dicom_variant(ModalityLUTSequence=Sequence([item]))
+
+
+def voi_lut_variant(kind: str, marker: str) -> bytes:
+    """A DICOM whose VOI LUT is malformed: kinds data_as_text, sequence_as_ob."""
+    from pydicom.sequence import Sequence
+
+    ds = make_dataset(PICTURE)
+    if kind == "data_as_text":
+        ds.VOILUTSequence = Sequence([_lut_item([256, 0, 8], "LO", marker)])
+    elif kind == "sequence_as_ob":
+        ds.add_new((0x0028, 0x3010), "OB", marker.encode() * 4)
+    else:
+        raise ValueError(f"kind must be data_as_text or sequence_as_ob, got {kind}")
+    return dicom_bytes(ds)
+
+
+def dicom_with_numbers(**elements: object) -> bytes:
+    """A valid DICOM with extreme numeric header values (e.g. WindowWidth=1e308)."""
+    return _dicom_variant(**elements)
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A 64 x 64 JPEG whose frame header claims ``width`` x ``height``: truncated scan data."""
+    data = bytearray(to_jpeg(PICTURE))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def dicom_jpeg_declaring(width: int, height: int) -> bytes:
+    """JPEG Baseline DICOM: Rows x Columns and the codestream claim more than the 64 x 64 data."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = make_dataset(PICTURE)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.Rows, ds.Columns = height, width
+    ds.PixelData = encapsulate([jpeg_declaring(width, height)])
+    ds["PixelData"].VR = "OB"
+    return dicom_bytes(ds)
 
 
 def bad_inputs() -> list[tuple[str, bytes, int, str]]:

@@ -17,17 +17,28 @@ import numpy as np
 import pydicom
 import pydicom.pixels
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from cxrmsn.errors import (
     CorruptInputError,
+    DecodeError,
     NotSingleGreyImageError,
     UnsupportedFormatError,
 )
-from cxrmsn.imaging.checks import check_declared_size, check_not_blank
+from cxrmsn.imaging.checks import check_declared_size, check_finite, check_not_blank, echo, non_finite_error
+from cxrmsn.imaging.jpeg import check_scan_length
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+# JPEG transfer syntaxes whose codestream is Huffman-coded (checked for truncated scans).
+_HUFFMAN_JPEG_SYNTAXES = (
+    pydicom.uid.JPEGBaseline8Bit,
+    pydicom.uid.JPEGExtended12Bit,
+    pydicom.uid.JPEGLossless,
+    pydicom.uid.JPEGLosslessSV1,
+)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class _DropRecords(logging.Filter):
@@ -45,14 +56,20 @@ GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = _read_dataset(data)
-        _check_is_single_grey_image(ds, limits)
-        stored = _decode_pixels(ds)
-        image, notes = _to_display(stored, ds)
-    check_not_blank(image)
-    return DecodedImage(pixels=image, info=_info(ds, image, notes))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = _read_dataset(data)
+            _check_is_single_grey_image(ds, limits)
+            stored = _decode_pixels(ds)
+            image, notes = _to_display(stored, ds)
+        check_not_blank(image)
+        return DecodedImage(pixels=image, info=_info(ds, image, notes))
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # a header shape no check above foresaw: still a client error
+        # Only the exception's type is named: its message can quote values from the file.
+        raise CorruptInputError(f"the DICOM file cannot be decoded ({type(exc).__name__})") from None
 
 
 def _read_dataset(data: bytes) -> Dataset:
@@ -87,7 +104,7 @@ def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
     if samples != 1 or photometric not in GREY_PHOTOMETRICS:
         raise NotSingleGreyImageError(
             f"colour DICOM (SamplesPerPixel {samples}, PhotometricInterpretation "
-            f"{photometric}); a chest radiograph is MONOCHROME1 or MONOCHROME2",
+            f"{echo(photometric)}); a chest radiograph is MONOCHROME1 or MONOCHROME2",
             code="not_greyscale",
         )
     check_declared_size(_int_or(ds, "Columns", 0), _int_or(ds, "Rows", 0), limits)
@@ -99,19 +116,21 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         decoder = pydicom.pixels.get_decoder(syntax)
     except NotImplementedError:
         raise UnsupportedFormatError(
-            f"no decoder for DICOM transfer syntax {syntax}", code="unsupported_transfer_syntax"
+            f"no decoder for DICOM transfer syntax {echo(syntax)}", code="unsupported_transfer_syntax"
         ) from None
     if not decoder.is_available:
         raise UnsupportedFormatError(
-            f"the decoder for {syntax.name} is not installed", code="unsupported_transfer_syntax"
+            f"the decoder for {echo(syntax.name)} is not installed", code="unsupported_transfer_syntax"
         )
     if decoder.is_native:
         _check_native_length(ds)
+    elif syntax in _HUFFMAN_JPEG_SYNTAXES:
+        _check_jpeg_frame(ds)
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # codec errors come as RuntimeError, ValueError, ...
         raise CorruptInputError(
-            f"the {syntax.name} pixel data cannot be decoded ({type(exc).__name__})"
+            f"the {echo(syntax.name)} pixel data cannot be decoded ({type(exc).__name__})"
         ) from None
     if pixels.ndim != 2:
         raise NotSingleGreyImageError(
@@ -145,10 +164,20 @@ def _check_native_length(ds: Dataset) -> None:
         )
 
 
+def _check_jpeg_frame(ds: Dataset) -> None:
+    try:
+        frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception:  # broken encapsulation: the codec reports it as corrupt
+        return
+    check_scan_length(frame, "DICOM JPEG")
+
+
 def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
     notes: list[str] = []
     values = _modality_values(stored, ds)
+    check_finite(values, "the modality LUT or rescale")
     image = _apply_voi_lut(values, ds) if _has_voi_lut(ds) else _apply_window(values, ds, notes)
+    check_finite(image, "the VOI LUT or window")
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         image = 1.0 - image
     return np.clip(image, 0.0, 1.0, out=image).astype(np.float32, copy=False), notes
@@ -157,9 +186,18 @@ def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]
 def _modality_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values through the modality LUT, as float32 (exact for integers below 2**24)."""
     if "ModalityLUTSequence" in ds:
-        return np.asarray(pydicom.pixels.apply_modality_lut(stored, ds), dtype=np.float32)
+        _check_modality_lut(ds)
+        try:
+            mapped = pydicom.pixels.apply_modality_lut(stored, ds)
+            return np.asarray(mapped, dtype=np.float32)
+        except Exception as exc:  # the message can quote LUT values: name the type only
+            raise CorruptInputError(
+                f"the Modality LUT Sequence cannot be applied ({type(exc).__name__})"
+            ) from None
     values = stored.astype(np.float32)
     slope, intercept = _float_or(ds, "RescaleSlope", 1.0), _float_or(ds, "RescaleIntercept", 0.0)
+    if max(abs(slope), abs(intercept)) > _FLOAT32_MAX:
+        raise non_finite_error("the rescale slope or intercept")
     if slope != 1.0:
         values *= np.float32(slope)
     if intercept != 0.0:
@@ -167,17 +205,43 @@ def _modality_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     return values
 
 
+def _lut_item(ds: Dataset, keyword: str, name: str) -> Dataset | None:
+    """The first item of a LUT sequence; None when absent or empty; CorruptInputError if malformed."""
+    if keyword not in ds:
+        return None
+    sequence = ds[keyword].value
+    if not isinstance(sequence, Sequence):
+        raise CorruptInputError(f"the {name} is not a sequence (wrong VR)")
+    if len(sequence) == 0:
+        return None
+    return sequence[0]
+
+
+def _check_modality_lut(ds: Dataset) -> None:
+    """A Modality LUT item with a descriptor and as many entries as it declares, or CorruptInputError."""
+    item = _lut_item(ds, "ModalityLUTSequence", "Modality LUT Sequence")
+    if item is None:
+        raise CorruptInputError("the Modality LUT Sequence is empty")
+    _lut_descriptor(item, "Modality LUT Sequence")
+    declared = int(item.LUTDescriptor[0]) or 65536  # 0 means 2**16 entries (PS3.3 C.11.1.1)
+    entries = _lut_entries(item.get("LUTData"), "Modality LUT Sequence")
+    if entries.size < declared:
+        raise CorruptInputError(
+            f"the Modality LUT holds {entries.size:,} entries; its descriptor declares {declared:,}"
+        )
+
+
 def _has_voi_lut(ds: Dataset) -> bool:
-    sequence = ds.get("VOILUTSequence")
-    return bool(sequence) and "LUTData" in sequence[0]
+    item = _lut_item(ds, "VOILUTSequence", "VOI LUT Sequence")
+    return item is not None and "LUTData" in item
 
 
 def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
     item = ds.VOILUTSequence[0]
-    first_mapped, output_bits = _lut_descriptor(item)
+    first_mapped, output_bits = _lut_descriptor(item, "VOI LUT Sequence")
     if _int_or(ds, "PixelRepresentation", 0) == 1 and first_mapped > 32767:
         first_mapped -= 65536  # the descriptor is read as US; signed data maps from a negative value
-    lut = _lut_entries(item.LUTData)
+    lut = _lut_entries(item.LUTData, "VOI LUT Sequence")
     if lut.size == 0:
         raise CorruptInputError("the VOI LUT Sequence has an empty LUT")
     index = np.clip(np.rint(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
@@ -185,24 +249,30 @@ def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
     return lut[index] / top
 
 
-def _lut_descriptor(item: Dataset) -> tuple[int, int]:
+def _lut_descriptor(item: Dataset, name: str) -> tuple[int, int]:
     """(first mapped value, output bits) from a LUTDescriptor, or CorruptInputError."""
     try:
         _, first_mapped, output_bits = (int(value) for value in item.LUTDescriptor)
     except (TypeError, ValueError, AttributeError):
-        raise CorruptInputError("the VOI LUT Sequence has an invalid LUT Descriptor") from None
+        raise CorruptInputError(f"the {name} has a missing or invalid LUT Descriptor") from None
     if not 1 <= output_bits <= 16:
-        raise CorruptInputError(f"the VOI LUT declares {output_bits}-bit output; 1 to 16 are valid")
+        raise CorruptInputError(f"the {name} declares {output_bits}-bit output; 1 to 16 are valid")
     return first_mapped, output_bits
 
 
-def _lut_entries(data: object) -> np.ndarray:
+def _lut_entries(data: object, name: str) -> np.ndarray:
+    """LUT Data as float32 entries; CorruptInputError (quoting nothing) when not numbers."""
     if data is None:
         return np.zeros(0)
     if isinstance(data, bytes):  # OW: 16-bit little-endian words
         return np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").astype(np.float32)
     entries = data if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else [data]
-    return np.asarray(entries, dtype=np.float32)
+    if any(isinstance(entry, (str, bytes)) for entry in entries):
+        raise CorruptInputError(f"the {name} LUT Data is text, not numbers")
+    try:
+        return np.asarray(entries, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise CorruptInputError(f"the {name} LUT Data is not a list of numbers") from None
 
 
 def _apply_window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
@@ -210,6 +280,8 @@ def _apply_window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarr
     if window is None:
         return _without_window(values, ds, notes)
     center, width = window
+    if max(abs(center), width) > _FLOAT32_MAX:
+        raise non_finite_error("the window center or width")
     function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
@@ -270,7 +342,7 @@ def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
     if modality not in RADIOGRAPH_MODALITIES:
         warnings_out.insert(
             0,
-            f"Modality is {modality or 'missing'}, not CR or DX: "
+            f"Modality is {echo(modality) if modality else 'missing'}, not CR or DX: "
             "the model was trained on chest radiographs only",
         )
     return ImageInfo(

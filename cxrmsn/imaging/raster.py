@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrmsn.errors import CorruptInputError, ImageTooLargeError
 from cxrmsn.imaging.checks import check_declared_size, check_not_blank
+from cxrmsn.imaging.jpeg import check_scan_length
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
 # ITU-R BT.601 luma, the weights Pillow's own RGB -> L conversion uses.
@@ -26,6 +27,8 @@ def decode_raster(data: bytes, fmt: str, limits: DecodeLimits) -> DecodedImage:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = _open(data, fmt)
         check_declared_size(image.width, image.height, limits)
+        if fmt == "jpeg":
+            check_scan_length(data)
         image = _load_oriented(image, fmt)
     pixels, photometric, bits, notes = _to_grey(image)
     check_declared_size(pixels.shape[1], pixels.shape[0], limits)

@@ -1,0 +1,131 @@
+"""Hostile headers (issue 15): malformed LUTs, non-finite arithmetic, echoed values, truncated JPEG.
+
+Every failure must be a typed ``DecodeError`` whose message quotes no value from the file;
+every decoded image must be finite and in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+from cxrmsn.errors import ERROR_CODES, DecodeError
+from cxrmsn.imaging import decode
+from tests.bad_inputs import (
+    dicom_jpeg_declaring,
+    dicom_with_numbers,
+    jpeg_declaring,
+    modality_lut_variant,
+    voi_lut_variant,
+)
+from tests.helpers import chest_like_picture, make_dicom
+
+MARKER = "zq-MARKER-7f3a"
+
+
+def _refused(data: bytes, caplog: pytest.LogCaptureFixture) -> DecodeError:
+    with caplog.at_level(logging.DEBUG), pytest.raises(DecodeError) as caught:
+        decode(data)
+    error = caught.value
+    assert 400 <= error.http_status < 500
+    assert error.code in ERROR_CODES
+    assert MARKER not in error.detail and MARKER not in str(error)
+    assert MARKER not in caplog.text
+    return error
+
+
+@pytest.mark.parametrize("kind", ["short_data", "no_descriptor", "data_as_ob", "data_as_text"])
+def test_a_malformed_modality_lut_is_a_typed_error_that_quotes_nothing(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = _refused(modality_lut_variant(kind, MARKER), caplog)
+    assert (error.code, error.http_status) == ("corrupt_input", 400)
+    assert "LUT" in error.detail
+
+
+@pytest.mark.parametrize("kind", ["data_as_text", "sequence_as_ob"])
+def test_a_malformed_voi_lut_is_a_typed_error_that_quotes_nothing(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = _refused(voi_lut_variant(kind, MARKER), caplog)
+    assert (error.code, error.http_status) == ("corrupt_input", 400)
+    assert "LUT" in error.detail
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        {"WindowCenter": 1e308, "WindowWidth": 1e308},
+        {"WindowCenter": 100, "WindowWidth": 1e308},
+        {"RescaleSlope": 1e38},
+        {"RescaleSlope": 1e39},
+        {"RescaleSlope": 1e38, "WindowCenter": 0, "WindowWidth": 1e38},
+        {"RescaleIntercept": -3e38, "RescaleSlope": 1e36},
+    ],
+    ids=["window_1e308", "width_1e308", "slope_1e38", "slope_1e39", "slope_window", "intercept"],
+)
+def test_non_finite_arithmetic_is_a_422_never_nan_pixels(
+    elements: dict[str, float], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = dicom_with_numbers(**elements)
+    try:
+        image = decode(data)
+    except DecodeError as error:
+        assert error.code == "non_finite_pixels"
+        assert error.http_status == 422
+        return
+    # Where the arithmetic stays finite, the image must still be finite and in [0, 1].
+    assert np.isfinite(image.pixels).all()
+    assert float(image.pixels.min()) >= 0.0 and float(image.pixels.max()) <= 1.0
+
+
+@pytest.mark.parametrize("elements", [{"WindowCenter": 1e308, "WindowWidth": 1e308}, {"RescaleSlope": 1e39}])
+def test_the_reported_cases_are_refused_as_non_finite(elements: dict[str, float]) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(dicom_with_numbers(**elements))
+    assert (caught.value.code, caught.value.http_status) == ("non_finite_pixels", 422)
+
+
+def test_an_echoed_photometric_interpretation_is_bounded_and_printable() -> None:
+    picture = chest_like_picture(64, 64)
+    hostile = "RGB" + "X" * 5000 + "\x1b[31m\u00e9" + MARKER
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that the value is too long for CS
+        data = make_dicom(picture, PhotometricInterpretation=hostile)
+    with pytest.raises(DecodeError) as caught:
+        decode(data)
+    detail = caught.value.detail
+    assert caught.value.code == "not_greyscale"
+    assert MARKER not in detail and "X" * 65 not in detail
+    assert "RGB" + "X" * 61 + "..." in detail
+    assert detail.isascii() and detail.isprintable()
+    assert len(detail) < 300
+
+
+def test_a_short_photometric_interpretation_is_echoed_as_before() -> None:
+    picture = chest_like_picture(64, 64)
+    with pytest.raises(DecodeError) as caught:
+        decode(make_dicom(picture, PhotometricInterpretation="YBR_FULL"))
+    assert "PhotometricInterpretation YBR_FULL)" in caught.value.detail
+
+
+def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_is_truncated() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(jpeg_declaring(6000, 6000))
+    assert caught.value.code == "truncated_input"
+    assert caught.value.http_status == 400
+
+
+def test_a_dicom_jpeg_whose_header_claims_more_pixels_than_its_data_is_truncated() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(dicom_jpeg_declaring(2048, 2048))
+    assert caught.value.code == "truncated_input"
+    assert caught.value.http_status == 400
+
+
+def test_the_untouched_jpeg_still_decodes() -> None:
+    image = decode(jpeg_declaring(64, 64))
+    assert image.pixels.shape == (64, 64)
