@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cxrmsn.errors import DecodeError
+from cxrmsn.errors import CorruptInputError, DecodeError
 from cxrmsn.imaging.detect import detect_format
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
@@ -19,10 +19,16 @@ def decode(data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImag
     one decodable grey-scale 2-D image; no other exception escapes.
     """
     fmt = detect_format(data)
-    if fmt == "dicom":
-        from cxrmsn.imaging.dicom import decode_dicom
+    try:
+        if fmt == "dicom":
+            from cxrmsn.imaging.dicom import decode_dicom
 
-        return decode_dicom(data, limits)
-    from cxrmsn.imaging.raster import decode_raster
+            return decode_dicom(data, limits)
+        from cxrmsn.imaging.raster import decode_raster
 
-    return decode_raster(data, fmt, limits)
+        return decode_raster(data, fmt, limits)
+    except (DecodeError, MemoryError, ImportError):
+        raise
+    except Exception as exc:  # a malformed header no check foresaw: still a client error
+        # Only the exception's type is named (``from None``): its message can quote file values.
+        raise CorruptInputError(f"the {fmt.upper()} file cannot be decoded ({type(exc).__name__})") from None

@@ -6,10 +6,13 @@ every decoded image must be finite and in [0, 1].
 
 from __future__ import annotations
 
+import io
 import logging
+import traceback
 import warnings
 
 import numpy as np
+import pydicom.data
 import pytest
 
 from cxrmsn.errors import ERROR_CODES, DecodeError
@@ -34,6 +37,7 @@ def _refused(data: bytes, caplog: pytest.LogCaptureFixture) -> DecodeError:
     assert error.code in ERROR_CODES
     assert MARKER not in error.detail and MARKER not in str(error)
     assert MARKER not in caplog.text
+    assert MARKER not in "".join(traceback.format_exception(error))
     return error
 
 
@@ -129,3 +133,38 @@ def test_a_dicom_jpeg_whose_header_claims_more_pixels_than_its_data_is_truncated
 def test_the_untouched_jpeg_still_decodes() -> None:
     image = decode(jpeg_declaring(64, 64))
     assert image.pixels.shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "data"),
+    [
+        ("cxrmsn.imaging.dicom", "_to_display", make_dicom(chest_like_picture(64, 64))),
+        ("cxrmsn.imaging.raster", "_to_grey", jpeg_declaring(64, 64)),
+    ],
+)
+def test_an_unforeseen_exception_becomes_corrupt_input_without_its_message(
+    module: str, function: str, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: object) -> None:
+        raise ValueError(f"could not convert string to float: '{MARKER}'")
+
+    monkeypatch.setattr(f"{module}.{function}", explode)
+    with pytest.raises(DecodeError) as caught:
+        decode(data)
+    assert (caught.value.code, caught.value.http_status) == ("corrupt_input", 400)
+    assert "ValueError" in caught.value.detail
+    logged = "".join(traceback.format_exception(caught.value))
+    assert MARKER not in logged
+
+
+def test_rg1_with_an_overflowing_rescale_slope_is_non_finite() -> None:
+    path = pydicom.data.get_testdata_file("RG1_UNCR.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed")
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = "1e39", "0"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(DecodeError) as caught:
+        decode(buffer.getvalue())
+    assert (caught.value.code, caught.value.http_status) == ("non_finite_pixels", 422)
