@@ -237,8 +237,10 @@ class _FormChecker:
             raise _invalid(f"a multipart part has more than {MAX_HEADERS_PER_PART} headers")
 
     def headers_finished(self) -> None:
-        disposition = next((v for name, v in self.headers if name == b"content-disposition"), None)
-        kind, options = parse_options_header(disposition)
+        dispositions = [value for name, value in self.headers if name == b"content-disposition"]
+        if len(dispositions) > 1:  # starlette reads the last one: check exactly what it will read
+            raise _invalid("a multipart part has more than one Content-Disposition header")
+        kind, options = parse_options_header(dispositions[0] if dispositions else None)
         name_bytes = options.get(b"name")
         if kind != b"form-data" or name_bytes is None:
             raise _invalid("every multipart part needs a Content-Disposition: form-data header with a name")

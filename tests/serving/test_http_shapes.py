@@ -103,6 +103,26 @@ def test_ten_thousand_parts_is_400(client: httpx.Client) -> None:
     assert_error(response, 400, "invalid_request")
 
 
+def test_ten_thousand_file_parts_in_a_batch_is_413_too_many_files(client: httpx.Client) -> None:
+    body, content_type = multipart([("files", "x.png", b"x")] * 10_000)
+    response = client.post("/predict_batch", content=body, headers={"content-type": content_type})
+    assert_error(response, 413, "too_many_files")
+
+
+def test_a_second_content_disposition_cannot_turn_a_file_part_into_text(
+    client: httpx.Client, listener: socket.socket
+) -> None:
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.png"
+    body = (
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        b'Content-Disposition: form-data; name="file"\r\n\r\n' + url.encode() + b"\r\n--b0undary--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=b0undary"}
+    assert_error(client.post("/predict", content=body, headers=headers), 400, "invalid_request")
+    assert_never_connected(listener)
+
+
 def test_long_boundary_is_400(client: httpx.Client) -> None:
     body, content_type = multipart([("file", "x.png", PNG)], boundary="b" * 5000)
     response = client.post("/predict", content=body, headers={"content-type": content_type})
