@@ -258,7 +258,8 @@ async def ui_file(asset: str = "index.html") -> Response:
 _service: Any = CXRService  # the bentoml.Service object the decorators made of the class
 _service.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)
 # Added second, so it runs inside the upload limit: the bodies it reads are bounded by it.
-# The form of each API route, kept next to the signatures above (test_http_shapes checks both).
+# The form of each API route, as the signatures above declare it (test_http_shapes checks
+# them against the OpenAPI schema BentoML derives from those signatures).
 API_FORMS = {
     "/predict": FormShape("file", {"overlay": BOOL_VALUES, "image": BOOL_VALUES}),
     "/predict_batch": FormShape("files", {"overlay": BOOL_VALUES}, max_files=CONFIG.max_files_per_batch),

@@ -208,3 +208,26 @@ def test_bentomls_own_error_bodies_are_replaced_without_their_text() -> None:
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request" and set(response.json()) == {"error", "detail"}
     assert MARKER not in response.text
+
+
+@pytest.mark.parametrize(
+    ("route", "file_field", "text_fields"),
+    [
+        ("/predict", "file", {"overlay": "boolean", "image": "boolean"}),
+        ("/predict_batch", "files", {"overlay": "boolean"}),
+        ("/predict_dicom", "file", {"output": ["sr", "sc", "both"]}),
+    ],
+)
+def test_the_checked_forms_are_the_api_signatures(
+    client: httpx.Client, route: str, file_field: str, text_fields: dict[str, Any]
+) -> None:
+    """serving.service.API_FORMS (what the middleware lets through) must follow the @bentoml.api
+    signatures: a parameter added there and not here would be refused as an unexpected field."""
+    schema = client.get("/docs.json").json()["paths"][route]["post"]["requestBody"]["content"]
+    properties = schema["multipart/form-data"]["schema"]["properties"]
+    assert set(properties) == {file_field, *text_fields}
+    assert "binary" in json.dumps(properties[file_field])
+    for name, kind in text_fields.items():
+        assert properties[name].get("enum", properties[name]["type"]) == kind
+        response = client.post(route, files={file_field: ("x.png", PNG)}, data={name: "not-a-value"})
+        assert_error(response, 400, "invalid_request")
