@@ -161,7 +161,7 @@ class RequestShapeMiddleware:
             boundary = _multipart_boundary(scope)
             body = await _read_checked(receive, boundary, shape)
         except RequestError as error:
-            await send_error(send, error.status, error.code, error.detail, closing=error.status != 405)
+            await send_error(send, error.status, error.code, error.detail, closing=True)
             return
         await self.app(scope, _replay(body, receive), _error_shape_guard(send))
 
@@ -181,11 +181,10 @@ def _multipart_boundary(scope: Scope) -> bytes:
     value = next((v for name, v in scope.get("headers", []) if name.lower() == b"content-type"), b"")
     media_type, options = parse_options_header(value)
     if media_type != b"multipart/form-data":
-        shown = media_type.decode("latin-1")[:64] or "none"
         raise RequestError(
             415,
             "unsupported_media_type",
-            f"the body must be multipart/form-data with the file as an uploaded part, not {shown}",
+            "the body must be multipart/form-data with the file as an uploaded part",
         )
     boundary = options.get(b"boundary", b"")
     if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS:
