@@ -65,14 +65,14 @@ def gate_summary(gate: dict[str, Any], trained: list[str]) -> str:
 
 
 def monitor_rows(run: Path) -> str:
-    path = run / "monitor.csv"
-    if not path.is_file():
-        return "| (no monitor.csv: pretrained before the monitor existed) | | | | | | |"
-    with path.open(newline="") as handle:
-        records = list(csv.DictReader(handle))
+    from training.run_folder import read_csv_log
 
-    def number(text: str, fmt: str) -> str:
-        return fmt.format(float(text)) if text else "-"
+    records = read_csv_log(run / "monitor.csv")
+    if not records:
+        return "| (no monitor.csv: pretrained before the monitor existed) | | | | | | |"
+
+    def number(value: Any, fmt: str) -> str:
+        return fmt.format(value) if isinstance(value, int | float) else "-"
 
     columns = ("probe_auroc", "embedding_std", "prototypes_used", "target_max", "agreement")
     statuses = current_statuses(run, records)
@@ -80,7 +80,7 @@ def monitor_rows(run: Path) -> str:
         "| "
         + " | ".join(
             [
-                row["epoch"],
+                str(row["epoch"]),
                 *(number(row[c], "{:.0f}" if c == "prototypes_used" else "{:.3f}") for c in columns),
             ]
         )
@@ -93,24 +93,17 @@ def status_cell(current: str, logged: str) -> str:
     return current if current == logged else f"{current} (the run logged: {logged})"
 
 
-def current_statuses(run: Path, records: list[dict[str, str]]) -> list[str]:
+def current_statuses(run: Path, records: list[dict[str, Any]]) -> list[str]:
     """The monitor's verdict on each record under today's rules (training.monitor.assess)."""
     from training.config import from_dict
     from training.monitor import assess
 
     config = from_dict(json.loads((run / "config.json").read_text()))
     multimodal = bool(config.ehr.features)
-    history = [
-        {key: int(row[key]) if key in ("epoch", "prototypes_used") else float(row[key]) for key in NUMERIC}
-        for row in records
-    ]
     return [
-        assess(history[: index + 1], config.monitor, config.loss.num_prototypes, multimodal=multimodal)
-        for index in range(len(history))
+        assess(records[: index + 1], config.monitor, config.loss.num_prototypes, multimodal=multimodal)
+        for index in range(len(records))
     ]
-
-
-NUMERIC = ("epoch", "probe_auroc", "embedding_std", "prototypes_used")
 
 
 def controls_section(folder: Path | None) -> str:

@@ -89,6 +89,23 @@ class CsvLog:
         atomic_write_text(self.path, buffer.getvalue())
 
 
+def read_csv_log(path: Path) -> list[dict[str, Any]]:
+    """The rows a ``CsvLog`` wrote, numbers parsed (int, then float), other text kept; [] if absent."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _parse(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

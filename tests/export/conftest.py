@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cxrmsn.labels import LABELS
+from tests.export.triton_server import TritonInstall, triton_install
 from tests.helpers import chest_like_picture, to_png
 
 NANO = "vit_nano_patch16_224"
@@ -73,3 +74,12 @@ def nano_repository(
         nano_checkpoint, out, ExportOptions(validation_manifest=validation_manifest, ort_optimised="never")
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def install() -> TritonInstall:
+    """A real tritonserver (pytriton's, python backend), or a skip saying why there is none."""
+    result = triton_install()
+    if isinstance(result, str):
+        pytest.skip(result)
+    return result

@@ -30,7 +30,7 @@ from export.build import TRITON_MODELS, TWIN_MODEL
 from export.onnx_export import read_interface
 from export.parity import torch_outputs
 from export.runtime import cpu_session, generated_images, max_abs_difference, run
-from tests.export.triton_server import TritonInstall, running_server, triton_install
+from tests.export.triton_server import TritonInstall, running_server
 from tests.helpers import chest_like_picture, to_png
 
 pytestmark = pytest.mark.slow
@@ -164,14 +164,6 @@ def test_a_preprocessing_that_does_not_fit_the_architecture_is_refused(
     assert result.returncode == 2
     assert f"preprocessing crops 224 px but {ARCH} takes {SIZE} px images" in result.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture(scope="module")
-def install() -> TritonInstall:
-    result = triton_install()
-    if isinstance(result, str):
-        pytest.skip(result)
-    return result
 
 
 def test_triton_serves_the_64px_twin_like_onnxruntime(

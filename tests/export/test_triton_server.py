@@ -20,18 +20,10 @@ from cxrmsn.labels import LABELS
 from cxrmsn.repository import read_manifest, verified_model_path
 from export.build import TWIN_MODEL
 from export.runtime import cpu_session, generated_images, run
-from tests.export.triton_server import TritonInstall, running_server, triton_install
+from tests.export.triton_server import TritonInstall, running_server
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def install() -> TritonInstall:
-    result = triton_install()
-    if isinstance(result, str):
-        pytest.skip(result)
-    return result
 
 
 def test_twin_answers_http_and_grpc_like_onnxruntime(

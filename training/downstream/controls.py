@@ -40,8 +40,8 @@ from typing import Any
 from cxrmsn.fileio import atomic_write_text
 from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig, FinetuneConfig
-from training.downstream.experiment import Experiment, run_experiment
-from training.run_folder import code_version, write_json
+from training.downstream.experiment import Experiment, claim_folder, run_experiment
+from training.run_folder import write_json
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,7 @@ class ControlExperiment:
 
 def run_controls(setup: ControlExperiment, out: Path) -> dict[str, Any]:
     """Every seed's MSN variants and controls (resumable), then the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    config_file = out / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()) != setup.to_dict():
-        raise ValueError(
-            f"{out} holds another control experiment (config.json differs): choose another --out"
-        )
-    write_json(config_file, setup.to_dict())
-    write_json(out / "version.json", code_version())
+    claim_folder(out, setup.to_dict(), "control experiment")
     for seed in setup.seeds:
         experiment = replace(setup.experiment, seed=seed)
         run_experiment(experiment, out / f"seed{seed}")

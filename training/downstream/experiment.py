@@ -76,14 +76,19 @@ class Experiment:
         }
 
 
-def run_experiment(experiment: Experiment, out: Path) -> dict[str, Any]:
-    """Every variant's pretraining and linear evaluation (resumable), then the table."""
+def claim_folder(out: Path, config: dict[str, Any], what: str) -> None:
+    """Create ``out`` for ``config`` (or continue it), refusing a folder that holds another one."""
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()) != experiment.to_dict():
-        raise ValueError(f"{out} holds another experiment (config.json differs): choose another --out")
-    write_json(config_file, experiment.to_dict())
+    if config_file.is_file() and json.loads(config_file.read_text()) != config:
+        raise ValueError(f"{out} holds another {what} (config.json differs): choose another --out")
+    write_json(config_file, config)
     write_json(out / "version.json", code_version())
+
+
+def run_experiment(experiment: Experiment, out: Path) -> dict[str, Any]:
+    """Every variant's pretraining and linear evaluation (resumable), then the table."""
+    claim_folder(out, experiment.to_dict(), "experiment")
     for variant in experiment.variants:
         run_variant(experiment, variant, out / f"{experiment.backbone}-{variant}")
     results = collect_results(experiment, out)

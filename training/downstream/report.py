@@ -35,6 +35,7 @@ from training.downstream.figures import (
     history_figure,
     monitor_figure,
 )
+from training.run_folder import read_csv_log
 
 NOTICE = (
     "Research and demonstration only: not for clinical use unless validated for the intended "
@@ -186,31 +187,12 @@ def pretraining_monitor(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     run = encoder.parent.parent  # RUN/checkpoints/encoder.safetensors
     if encoder.name != "encoder.safetensors" or not (run / "monitor.csv").is_file():
         return None
-    rows, epochs = _read_csv(run / "monitor.csv"), _read_csv(run / "metrics.csv")
+    rows, epochs = read_csv_log(run / "monitor.csv"), read_csv_log(run / "metrics.csv")
     last = ((metrics.get("encoder") or {}).get("pretraining_metrics") or {}).get("epochs")
     if isinstance(last, int):  # the run may have gone on after this encoder was saved
         rows = [row for row in rows if row["epoch"] <= last]
         epochs = [row for row in epochs if row["epoch"] <= last]
     return (rows, epochs) if rows else None
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
 
 
 def _classifier_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
