@@ -19,6 +19,8 @@ from training.downstream.metrics import THRESHOLD_METHODS, BootstrapSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SOURCES = ("manifest", "shared", "encoder")
+HEAD_FEATURES = ("raw", "standardized")
+HEAD_SOLVERS = ("adam", "logistic")
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,24 @@ class HeadConfig:
     plateau_factor: float = 0.1  # torch's defaults (the paper gives none)
     plateau_patience: int = 10
     weight_decay: float = 0.0
+    # raw: the paper's head on the raw CLS embedding; standardized: each embedding dimension
+    # scaled to zero mean and unit variance over the training views first (MAE's linear probe,
+    # a BatchNorm without affine), folded into the saved linear layer
+    features: str = "raw"
+    # adam: the paper's five runs above; logistic: one L2-regularised logistic regression per
+    # label (L-BFGS, every training view), its inverse strength chosen from logistic_cs on the
+    # validation macro AUROC (CLIP's linear probe)
+    solver: str = "adam"
+    logistic_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
 
     def __post_init__(self) -> None:
+        if self.features not in HEAD_FEATURES:
+            raise ValueError(f"head.features must be one of {HEAD_FEATURES}, got {self.features!r}")
+        if self.solver not in HEAD_SOLVERS or not self.logistic_cs or min(self.logistic_cs) <= 0:
+            raise ValueError(
+                f"need head.solver in {HEAD_SOLVERS} and head.logistic_cs > 0, got "
+                f"{self.solver!r}, {self.logistic_cs}"
+            )
         if not self.cosine_lrs and not self.plateau_lrs:
             raise ValueError("head.cosine_lrs and head.plateau_lrs cannot both be empty")
         if any(lr <= 0 for lr in (*self.cosine_lrs, *self.plateau_lrs)):

@@ -83,6 +83,7 @@ def linear_eval(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict
         training_data=data_summary(data, config),
         protocol_details={
             "selected_run": best.spec.name,
+            "head_features": config.head.features,
             "selection": "highest best-epoch validation macro AUROC over the runs "
             f"(labels: {[LABELS[j] for j in columns]})",
             "runs": [run.summary() for run in runs],
