@@ -53,21 +53,34 @@ class Pipeline:
         self.log: dict[str, Any] = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
 
     def step(self, name: str, action: Any) -> None:
-        if name in self.log:
-            print(f"= {name}: done in an earlier run ({self.log[name]['seconds']} s), reused", flush=True)
+        """Run ``action`` unless an earlier run finished it with the same recipe section.
+
+        A step whose recipe section changed runs again, and so does every step after it.
+        """
+        settings = self.recipe.get(name)
+        earlier = self.log.get(name)
+        if earlier is not None and earlier.get("settings") == settings:
+            print(f"= {name}: done in an earlier run ({earlier['seconds']} s), reused", flush=True)
             return
+        if earlier is not None:
+            print(f"~ {name}: the recipe changed since the earlier run; running it and the later steps again")
+            names = list(self.log)
+            for later in names[names.index(name) :]:
+                del self.log[later]
         started = time.monotonic()
         action()
-        self.log[name] = {"seconds": round(time.monotonic() - started, 1), "finished": time.strftime("%F %T")}
+        self.log[name] = {
+            "seconds": round(time.monotonic() - started, 1),
+            "finished": time.strftime("%F %T"),
+            "settings": settings,
+        }
         atomic_write_text(self.log_path, json.dumps(self.log, indent=2) + "\n")
 
     def run(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         pretrain, linear = self.work / "pretrain", self.work / "linear"
         self.step("pretrain", self.pretrain)
-        self.step("linear_eval", lambda: cxr_msn(
-            "linear-eval", str(pretrain), "--out", str(linear), "--set", *self.recipe["linear_eval"]["set"]
-        ))  # fmt: skip
+        self.step("linear_eval", lambda: self.linear_eval(pretrain, linear))
         self.step("baseline", self.baseline)
         self.step("export", self.export)
         self.step("regression", self.regression)
@@ -76,6 +89,10 @@ class Pipeline:
         write_model_card(self.work, self.repository, self.recipe, ROOT / "MODEL_CARD.md")
         total = sum(entry["seconds"] for entry in self.log.values())
         print(f"bundled model written to {self.repository}; steps took {total / 60:.1f} min in total")
+
+    def linear_eval(self, pretrain: Path, out: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)  # a finished or killed run with other settings
+        cxr_msn("linear-eval", str(pretrain), "--out", str(out), "--set", *self.recipe["linear_eval"]["set"])
 
     def pretrain_args(self) -> list[str]:
         settings = self.recipe["pretrain"]

@@ -106,28 +106,33 @@ def current_statuses(run: Path, records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+#: The control experiment's tables, one per linear head, the served head's first.
+CONTROL_TABLES = (
+    (
+        "results_logistic.md",
+        "the served head: per-label L2 logistic regression on standardized embeddings, C chosen "
+        "on validation (`--linear-set head.features=standardized head.solver=logistic`)",
+    ),
+    ("results.md", "the paper's head: five Adam runs on the raw CLS embedding, selected on validation"),
+    (
+        "results_standardized.md",
+        "the paper's five Adam runs on standardized embeddings (`--linear-set head.features=standardized`)",
+    ),
+)
+
+
 def controls_section(folder: Path | None) -> str:
-    """The control experiment's table (docs/training.md has the commands), or why it is absent."""
+    """The control experiment's tables (docs/training.md has the commands), or why they are absent."""
     if folder is None or not (folder / "results.md").is_file():
         return "No control experiment was recorded with this recipe."
-    return (
-        f"From `{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}` (the command and "
-        'the discussion are in docs/training.md, "Controls"):\n\n'
-        + (folder / "results.md").read_text().strip()
-        + _probe_section(folder)
-    )
-
-
-def _probe_section(folder: Path) -> str:
-    probe = folder / "logistic_probe.md"
-    if not probe.is_file():
-        return ""
-    return (
-        "\n\nThe same encoders read out by the learning monitor's logistic probe instead of the paper's "
-        "linear protocol (`python -m recipes.probe_controls`, added after the experiment: a lead, not a "
-        "pre-registered result; the served classifier uses the paper's protocol):\n\n"
-        + probe.read_text().strip()
-    )
+    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    parts = [f'From `{shown}` (the commands and the discussion are in docs/training.md, "Controls").']
+    for name, what in CONTROL_TABLES:
+        if (folder / name).is_file():
+            parts.append(
+                f"**{what[0].upper()}{what[1:]}** (`{name}`):\n\n" + (folder / name).read_text().strip()
+            )
+    return "\n\n".join(parts)
 
 
 def pretraining_rows(run: Path) -> str:
@@ -185,6 +190,7 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
         "total_minutes": f"{minutes:.0f}",
         "architecture": manifest["architecture"],
         "selected_run": metrics["selected_run"],
+        "head_protocol": head_protocol(json.loads((work / "linear" / "config.json").read_text())["head"]),
         "preprocessing": ", ".join(f"{k} {v}" for k, v in manifest["preprocessing"].items()),
         "seed": str(recipe["seed"]),
         "step_times": f"{minutes:.0f} min in total ("
@@ -218,6 +224,18 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
         "untrained": ", ".join(metrics["untrained_labels"]),
         "variant_rows": variant_rows(manifest),
     }
+
+
+def head_protocol(head: dict[str, Any]) -> str:
+    """How the linear head was trained, from linear-eval's config.json."""
+    features = "standardized" if head.get("features") == "standardized" else "raw"
+    if head.get("solver") == "logistic":
+        cs = ", ".join(f"{c:g}" for c in head["logistic_cs"])
+        return (
+            f"one L2-regularised logistic regression per label on {features} embeddings of every "
+            f"training view, C from {cs} chosen by validation macro AUROC"
+        )
+    return f"the paper's linear-evaluation protocol on {features} embeddings (five Adam runs)"
 
 
 def write_model_card(work: Path, repository: Path, recipe: dict[str, Any], out: Path) -> None:

@@ -196,7 +196,7 @@ def collect(setup: ControlExperiment, out: Path) -> dict[str, Any]:
     rows = []
     for seed in setup.seeds:
         runs = arm_runs(setup, out / f"seed{seed}")
-        reference = runs.get("random")
+        reference, pixels = runs.get("random"), runs.get("pixels")
         for arm, run in runs.items():
             metrics = json.loads((run / "metrics.json").read_text())
             row: dict[str, Any] = {
@@ -211,6 +211,8 @@ def collect(setup: ControlExperiment, out: Path) -> dict[str, Any]:
             }
             if reference is not None and arm != "random":
                 row["vs_random"] = compare_runs(run, reference, settings=settings)
+            if pixels is not None and arm.startswith("msn-"):
+                row["vs_pixels"] = compare_runs(run, pixels, settings=settings)
             rows.append(row)
     return {"seeds": list(setup.seeds), "rows": rows, "summary": summarise(rows)}
 
@@ -250,6 +252,14 @@ def _ci(entry: dict[str, Any] | None) -> str:
     return f"{entry['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{entry['value']:.3f} (no CI)"
 
 
+def _delta_p(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return "-"
+    difference = comparison["difference"]
+    p = difference.get("p_value_two_sided")
+    return f"{difference['value']:+.3f} ({'-' if p is None else f'{p:.3f}'})"
+
+
 ARM_NAMES = {
     "random": "random-init encoder, linear probe",
     "supervised": "supervised from scratch (fine-tuned, 100 % labels)",
@@ -268,11 +278,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         "Test split, macro AUROC over the labels with training signal estimable on test; 95 % "
         "percentile bootstrap CIs over images; Δ = arm - random-init encoder on the same test images "
-        "(paired bootstrap, two-sided p).",
+        "(paired bootstrap, two-sided p); for the MSN arms also Δ against the pixel baseline.",
         "",
         "| Arm | Seed | Valid AUROC | Test AUROC (95 % CI) | Test AUPRC (95 % CI) | "
-        "Δ AUROC vs random (95 % CI) | p |",
-        "|---|---:|---:|---|---|---|---:|",
+        "Δ AUROC vs random (95 % CI) | p | Δ vs pixels (p) |",
+        "|---|---:|---:|---|---|---|---:|---|",
     ]
     for row in results["rows"]:
         comparison = row.get("vs_random")
@@ -285,7 +295,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         valid_text = f"{valid['value']:.3f}" if valid else "-"
         lines.append(
             f"| {arm_name(row['arm'])} | {row['seed']} | {valid_text} | "
-            f"{_ci(row['test_macro_auroc'])} | {_ci(row['test_macro_auprc'])} | {delta} | {p_text} |"
+            f"{_ci(row['test_macro_auroc'])} | {_ci(row['test_macro_auprc'])} | {delta} | {p_text} | "
+            f"{_delta_p(row.get('vs_pixels'))} |"
         )
     lines += [
         "",

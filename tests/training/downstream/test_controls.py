@@ -61,6 +61,8 @@ def test_msn_and_the_three_controls_share_splits_and_are_compared_with_random_in
         comparison = by_arm[arm]["vs_random"]
         assert comparison["images"] == by_arm["random"]["test_images"]
         assert "p_value_two_sided" in comparison["difference"]
+    assert by_arm["msn-vanilla"]["vs_pixels"]["images"] == by_arm["pixels"]["test_images"]
+    assert all("vs_pixels" not in by_arm[arm] for arm in ("random", "supervised", "pixels"))
 
     # The random arm is the weights MSN started from: same architecture and seed, untrained.
     state, metadata = load_checkpoint(
