@@ -22,10 +22,20 @@ from pydicom.uid import UID
 
 from cxrmsn.errors import (
     CorruptInputError,
+    DecodeError,
     NotSingleGreyImageError,
     UnsupportedFormatError,
 )
-from cxrmsn.imaging.checks import check_declared_size, check_finite, check_not_blank, echo, non_finite_error
+from cxrmsn.imaging.checks import (
+    check_declared_size,
+    check_finite,
+    check_frame_header,
+    check_not_blank,
+    echo,
+    non_finite_error,
+)
+from cxrmsn.imaging.codestream import FrameHeader, j2k_frame_header, jpeg_frame_headers
+from cxrmsn.imaging.deflate import inflate_if_deflated
 from cxrmsn.imaging.jpeg import check_scan_length
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
@@ -37,7 +47,10 @@ _HUFFMAN_JPEG_SYNTAXES = (
     pydicom.uid.JPEGLossless,
     pydicom.uid.JPEGLosslessSV1,
 )
+_JPEG_FAMILY = (*pydicom.uid.JPEGTransferSyntaxes, *pydicom.uid.JPEGLSTransferSyntaxes)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_UID_CHARACTERS = frozenset("0123456789.")
+_UID_MAX_LENGTH = 64
 
 
 class _DropRecords(logging.Filter):
@@ -57,24 +70,29 @@ GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = _read_dataset(data)
+        ds = _read_dataset(data, limits)
         _check_is_single_grey_image(ds, limits)
-        stored = _decode_pixels(ds)
+        stored = _decode_pixels(ds, limits)
         image, notes = _to_display(stored, ds)
     check_not_blank(image)
     return DecodedImage(pixels=image, info=_info(ds, image, notes))
 
 
-def _read_dataset(data: bytes) -> Dataset:
+def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        inflated = inflate_if_deflated(data, limits)
+        ds = pydicom.dcmread(io.BytesIO(data if inflated is None else inflated), force=True)
         # Touch every top-level element now so a truncated file fails here, not later.
         for _ in ds.iterall():
             pass
+    except DecodeError:
+        raise
     except Exception as exc:  # pydicom raises many types for malformed bytes
         raise CorruptInputError(f"not a readable DICOM file ({type(exc).__name__})") from None
     if len(ds) == 0:
         raise CorruptInputError("not a readable DICOM file (no data elements)")
+    if inflated is not None:  # report (and decode as) the file's own syntax
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     return ds
 
 
@@ -103,7 +121,7 @@ def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
     check_declared_size(_int_or(ds, "Columns", 0), _int_or(ds, "Rows", 0), limits)
 
 
-def _decode_pixels(ds: Dataset) -> np.ndarray:
+def _decode_pixels(ds: Dataset, limits: DecodeLimits) -> np.ndarray:
     syntax = _transfer_syntax(ds)
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
@@ -117,8 +135,8 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         )
     if decoder.is_native:
         _check_native_length(ds)
-    elif syntax in _HUFFMAN_JPEG_SYNTAXES:
-        _check_jpeg_frame(ds)
+    else:
+        _check_encoded_frames(ds, syntax, limits)
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # codec errors come as RuntimeError, ValueError, ...
@@ -157,12 +175,52 @@ def _check_native_length(ds: Dataset) -> None:
         )
 
 
-def _check_jpeg_frame(ds: Dataset) -> None:
+def _check_encoded_frames(ds: Dataset, syntax: UID, limits: DecodeLimits) -> None:
+    """Check each frame's codestream header before a codec allocates what it declares."""
+    rows, columns = _int_or(ds, "Rows", 0), _int_or(ds, "Columns", 0)
+    samples = _int_or(ds, "SamplesPerPixel", 1)
+    for frame in _encoded_frames(ds):
+        kind, headers = _frame_headers(frame, syntax)
+        for header in headers:
+            check_frame_header(header, rows=rows, columns=columns, samples=samples, limits=limits, what=kind)
+        if syntax in _HUFFMAN_JPEG_SYNTAXES:
+            check_scan_length(frame, "DICOM JPEG")
+
+
+def _encoded_frames(ds: Dataset) -> list[bytes]:
+    """The frames pydicom's decoder will decode: every one its offset tables name.
+
+    pydicom decodes frames beyond NumberOfFrames (``allow_excess_frames``), so all are
+    returned, split exactly as pydicom splits them.
+    """
     try:
-        frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
-    except Exception:  # broken encapsulation: the codec reports it as corrupt
-        return
-    check_scan_length(frame, "DICOM JPEG")
+        extended = None
+        if "ExtendedOffsetTable" in ds:
+            offsets, lengths = ds.ExtendedOffsetTable, ds.get("ExtendedOffsetTableLengths", b"")
+            extended = (offsets, lengths) if len(offsets) == len(lengths) else None  # as pydicom does
+        frames = pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended)
+        return list(frames)
+    except Exception as exc:  # broken encapsulation: pydicom's decoder would fail on it too
+        raise CorruptInputError(
+            f"the encapsulated pixel data cannot be split into frames ({type(exc).__name__})"
+        ) from None
+
+
+def _frame_headers(frame: bytes, syntax: UID) -> tuple[str, list[FrameHeader]]:
+    """(codestream kind, its size declarations); CorruptInputError when it has none.
+
+    RLE has no size of its own: pydicom decodes it into a Rows x Columns buffer.
+    """
+    if syntax in pydicom.uid.JPEG2000TransferSyntaxes:
+        header = j2k_frame_header(frame)
+        kind, headers = "JPEG 2000", [] if header is None else [header]
+    elif syntax in _JPEG_FAMILY:
+        kind, headers = "JPEG", jpeg_frame_headers(frame)
+    else:
+        return "RLE", []
+    if not headers:
+        raise CorruptInputError(f"the {kind} frame has no readable frame header (SOF or SIZ)")
+    return kind, headers
 
 
 def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
@@ -344,12 +402,12 @@ def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
         height=int(image.shape[0]),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
         bits_stored=_int_or(ds, "BitsStored", _int_or(ds, "BitsAllocated", 0)),
-        modality=modality,
-        view_position=_str_or_none(ds, "ViewPosition"),
+        modality=echo(modality) if modality else None,
+        view_position=_echo_or_none(ds, "ViewPosition"),
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        study_instance_uid=_str_or_none(ds, "StudyInstanceUID"),
-        series_instance_uid=_str_or_none(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_str_or_none(ds, "SOPInstanceUID"),
+        study_instance_uid=_uid_or_none(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid_or_none(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid_or_none(ds, "SOPInstanceUID"),
         warnings=tuple(warnings_out),
     )
 
@@ -375,3 +433,17 @@ def _str_or_none(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     text = str(value).strip() if value is not None else ""
     return text or None
+
+
+def _echo_or_none(ds: Dataset, keyword: str) -> str | None:
+    """A text value as returned in the response: at most ``ECHO_LIMIT`` printable characters."""
+    text = _str_or_none(ds, keyword)
+    return echo(text) if text else None
+
+
+def _uid_or_none(ds: Dataset, keyword: str) -> str | None:
+    """A UID made of digits and dots within the 64-character limit, else None (never cut short)."""
+    text = _str_or_none(ds, keyword)
+    if text is None or len(text) > _UID_MAX_LENGTH or not set(text) <= _UID_CHARACTERS:
+        return None
+    return text

@@ -1,5 +1,7 @@
 """Hostile headers (issue 15): malformed LUTs, non-finite arithmetic, echoed values, truncated JPEG.
 
+Decompression bombs and codestream headers are in ``test_decode_bounds.py``.
+
 Every failure must be a typed ``DecodeError`` whose message quotes no value from the file;
 every decoded image must be finite and in [0, 1].
 """
@@ -114,6 +116,33 @@ def test_a_short_photometric_interpretation_is_echoed_as_before() -> None:
     with pytest.raises(DecodeError) as caught:
         decode(make_dicom(picture, PhotometricInterpretation="YBR_FULL"))
     assert "PhotometricInterpretation YBR_FULL)" in caught.value.detail
+
+
+def test_echoed_text_values_in_a_decoded_images_info_are_bounded_and_printable() -> None:
+    """A 10,000-character Modality or ViewPosition must not come back whole in a 200."""
+    hostile = "CT" + "Y" * 10_000 + "\x1b[31m" + MARKER
+    hostile_uid = "1.2." + "3" * 10_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that the values are too long for their VR
+        data = make_dicom(
+            chest_like_picture(64, 64), modality=hostile, ViewPosition=hostile, StudyInstanceUID=hostile_uid
+        )
+    info = decode(data).info
+    assert info.modality is not None and info.view_position is not None
+    for text in (info.modality, info.view_position, *info.warnings):
+        assert MARKER not in text and "Y" * 65 not in text
+        assert text.isascii() and text.isprintable()
+    assert info.modality == "CT" + "Y" * 62 + "..."
+    assert info.view_position == info.modality
+    assert info.study_instance_uid is None  # an over-long UID is dropped, never cut short
+    assert len(info.warnings[0]) < 200
+    assert info.series_instance_uid is not None and len(info.series_instance_uid) <= 64
+
+
+def test_short_text_values_in_info_are_returned_as_before() -> None:
+    info = decode(make_dicom(chest_like_picture(64, 64), modality="CR", ViewPosition="AP")).info
+    assert (info.modality, info.view_position) == ("CR", "AP")
+    assert info.warnings == ()
 
 
 def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_is_truncated() -> None:
