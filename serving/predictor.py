@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cxrmsn.imaging import DecodedImage, decode
-from cxrmsn.preprocess import preprocess
+from cxrmsn.preprocess import PreprocessConfig, preprocess
 from cxrmsn.repository import (
     GATE_EVALUATED,
     REGRESSION_FILE,
@@ -129,6 +129,15 @@ class PreparedImage:
     model_input: np.ndarray  # float32 [3, crop, crop]
 
 
+def prepare_image(data: bytes, preprocessing: PreprocessConfig) -> PreparedImage:
+    """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input.
+
+    A top-level function (no model needed) so that ``serving.decode_pool`` workers run it.
+    """
+    decoded = decode(data)
+    return PreparedImage(decoded, preprocess(decoded.pixels, preprocessing))
+
+
 class Predictor:
     """One loaded, verified model and everything needed to turn bytes into a result."""
 
@@ -197,8 +206,7 @@ class Predictor:
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input."""
-        decoded = decode(data)
-        return PreparedImage(decoded, preprocess(decoded.pixels, self.preprocessing))
+        return prepare_image(data, self.preprocessing)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.backend.infer(batch)

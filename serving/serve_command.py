@@ -6,6 +6,11 @@ variant and compares them with the stored fp32 probabilities (``serving.predicto
 problem is one clear message and exit status 2, before a server starts; a variant that
 fails its self-check is served as ``--variant-fallback`` instead, if given. Options
 override the environment variables documented in the README.
+
+The server runs as ``python -m serving.serve_command``: ``bentoml serve`` with a Prometheus
+multiprocess directory of its own (a temporary directory, removed at exit). BentoML's
+default is one directory under BENTOML_HOME, emptied by every server that starts, so two
+servers of one user would each show the other's counters on /metrics.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from serving.preflight import preflight
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         env["CXR_MSN_TRITON_MODEL"] = args.triton_model
     if args.variant_fallback:
         env["CXR_MSN_VARIANT_FALLBACK"] = args.variant_fallback
-    problem = preflight(args.repository, args.variant, args.backend)  # also run at service import
+    problem = _upload_settings_problem() or preflight(args.repository, args.variant, args.backend)
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
         return 2
@@ -92,9 +97,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"cxr-msn serve: {args.repository} verified", file=sys.stderr)
     if args.check_only:
         return 0
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
-    command = [bentoml, "serve", SERVICE, "--host", args.host, "--port", str(args.port)]
-    os.execvpe(command[0], command, env)
+    command = [sys.executable, "-m", "serving.serve_command", SERVICE, "--host", args.host]
+    os.execvpe(command[0], [*command, "--port", str(args.port)], env)
+
+
+def _upload_settings_problem() -> str | None:
+    """Why the CXR_MSN_UPLOAD_* / CXR_MSN_MAX_CONCURRENCY settings are refused, or None
+    (the service reads them again at import, like the repository check)."""
+    from serving.middleware import UploadSettings
+
+    try:
+        UploadSettings.from_env()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def serve_with_own_metrics_directory(bentoml_serve_args: list[str]) -> None:
+    """``bentoml serve ARGS`` in this process, with a fresh Prometheus multiprocess directory
+    (BentoML's pytest plugin sets it the same way); the directory is removed when it exits."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml_cli.cli import cli
+
+    with tempfile.TemporaryDirectory(prefix="cxr-msn-metrics-") as directory:
+        BentoMLContainer.prometheus_multiproc_dir.set(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        cli.main(["serve", *bentoml_serve_args], prog_name="bentoml")  # exits with SystemExit
 
 
 def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
@@ -113,3 +141,7 @@ def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
         return None, startup_self_check(config, fallback)
     except ValueError as error:  # RepositoryError, VariantRefusedError, a malformed environment variable
         return str(error), ""
+
+
+if __name__ == "__main__":
+    serve_with_own_metrics_directory(sys.argv[1:])

@@ -27,7 +27,17 @@ from serving import dicom_output
 from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
-from serving.middleware import BOOL_VALUES, FormShape, RequestShapeMiddleware, UploadLimitMiddleware
+from serving.middleware import (
+    BOOL_VALUES,
+    REQUEST_TIMEOUT_SECONDS,
+    DocsPageMiddleware,
+    FormShape,
+    RequestShapeMiddleware,
+    UploadLimitMiddleware,
+    UploadSettings,
+    WorkLimitMiddleware,
+    withhold_framework_error_details,
+)
 from serving.predictor import Predictor, PreparedImage, startup_self_check, variant_fallback_from_env
 from serving.preflight import preflight
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
@@ -74,7 +84,9 @@ def error_response(status: int, code: str, detail: str) -> JSONResponse:
 @bentoml.service(
     name="cxr_msn",
     workers=1,
-    traffic={"timeout": 120, "max_concurrency": 64},
+    # No max_concurrency here: BentoML would count requests from their first byte, so slow
+    # uploads could hold every slot. WorkLimitMiddleware counts them once their body is in.
+    traffic={"timeout": REQUEST_TIMEOUT_SECONDS},
 )
 @bentoml.asgi_app(model_api)
 class CXRService:
@@ -85,9 +97,23 @@ class CXRService:
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self.predictor.infer, max_batch_size=CONFIG.max_batch_size)
         self.batcher.on_batch = self.metrics.observe_batch
-        # Decoding runs in threads; bound them (anyio's default pool has 40) so that memory
-        # and CPU stay proportional to the cores, not to the number of open requests.
+        # Work in threads (reading uploads, results, DICOM output); bound them (anyio's default
+        # pool has 40) so that memory and CPU stay proportional to the cores, not to the requests.
         self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        # Decoding runs in worker processes, each upload within a deadline and a memory limit
+        # (serving.decode_pool); CXR_MSN_DECODE_WORKERS=0 decodes in the threads above instead.
+        from serving.decode_pool import DecodePool
+
+        self.decode_pool: DecodePool | None = None
+        if CONFIG.decode_workers:
+            self.decode_pool = DecodePool(
+                CONFIG.decode_workers,
+                deadline_s=CONFIG.decode_deadline_s,
+                memory_mib=CONFIG.decode_memory_mib,
+            )
+            self.decode_pool.wait_ready()  # a worker that cannot start stops the service here
+        # Uploads wait here for a free decode worker, holding no thread while they wait.
+        self.decode_workers = anyio.CapacityLimiter(max(1, CONFIG.decode_workers))
         LOGGER.info(
             "serving %s %s (%s, sha256 %s...) with %s",
             self.predictor.manifest.name,
@@ -164,17 +190,27 @@ class CXRService:
 
     async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome | ErrorResponse:
         """Decode, preprocess and infer one upload; every failure becomes an ErrorResponse."""
+        from serving import decode_pool
+
+        prepared: PreparedImage
+        source: Any = None
         try:
             data = await anyio.to_thread.run_sync(path.read_bytes, limiter=self.decode_slots)
-            prepared: PreparedImage = await anyio.to_thread.run_sync(
-                self.predictor.prepare, data, limiter=self.decode_slots
-            )
-            source = None
-            if read_source:
-                source = await anyio.to_thread.run_sync(
-                    dicom_output.read_source, data, limiter=self.decode_slots
+            if self.decode_pool is not None:  # in a worker process: deadline and memory limit
+                pool, preprocessing = self.decode_pool, self.predictor.preprocessing
+                prepared, source = await anyio.to_thread.run_sync(
+                    lambda: decode_pool.prepare(pool, data, preprocessing, read_source=read_source),
+                    limiter=self.decode_workers,
                 )
-        except DecodeError as error:
+            else:  # CXR_MSN_DECODE_WORKERS=0: in this process, unbounded
+                prepared = await anyio.to_thread.run_sync(
+                    self.predictor.prepare, data, limiter=self.decode_slots
+                )
+                if read_source:
+                    source = await anyio.to_thread.run_sync(
+                        dicom_output.read_source, data, limiter=self.decode_slots
+                    )
+        except DecodeError as error:  # decode_timeout and decode_too_large included
             _STATUS.setdefault(error.code, error.http_status)
             self.metrics.count_error(error.code)
             return ErrorResponse(error=error.code, detail=error.detail)
@@ -256,8 +292,15 @@ async def ui_file(asset: str = "index.html") -> Response:
 
 
 _service: Any = CXRService  # the bentoml.Service object the decorators made of the class
-_service.add_asgi_middleware(UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes)
-# Added second, so it runs inside the upload limit: the bodies it reads are bounded by it.
+UPLOAD_SETTINGS = UploadSettings.from_env()
+# Middleware added first runs outermost. The docs page needs no body; every body is then
+# received whole (bounded in size and time, spooled) before a work slot is taken, and the
+# shape check reads the spooled body.
+_service.add_asgi_middleware(DocsPageMiddleware, openapi=lambda: _service.openapi_spec.asdict())
+_service.add_asgi_middleware(
+    UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes, settings=UPLOAD_SETTINGS
+)
+_service.add_asgi_middleware(WorkLimitMiddleware, max_concurrency=UPLOAD_SETTINGS.max_concurrency)
 # The form of each API route, as the signatures above declare it (test_http_shapes checks
 # them against the OpenAPI schema BentoML derives from those signatures).
 API_FORMS = {
@@ -266,3 +309,6 @@ API_FORMS = {
     "/predict_dicom": FormShape("file", {"output": frozenset({"sr", "sc", "both"})}),
 }
 _service.add_asgi_middleware(RequestShapeMiddleware, routes=API_FORMS)
+# BentoML logs an API call's exception with its traceback; pydantic's and the OS's messages
+# there quote form values and file names. Only the exception's type is logged.
+withhold_framework_error_details()

@@ -145,7 +145,10 @@ def test_a_variant_that_fails_its_self_check_is_refused_naming_the_cpu(
     with pytest.raises(VariantRefusedError) as refused:
         load_predictor(broken, backend="onnxruntime", variant="int8", fallback="none")
     message = str(refused.value)
-    assert "\n" not in message and message.startswith(f"refusing variant int8 of {broken}: int8 is up to 0.2")
+    # 0.25 shifted references, plus int8's own difference from fp32
+    assert "\n" not in message and re.match(
+        rf"refusing variant int8 of {re.escape(str(broken))}: int8 is up to 0\.[23]", message
+    )
     for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"):
         assert re.search(rf"\b{flag} (yes|no)\b", message) or "flags unknown" in message
     assert "CXR_MSN_VARIANT_FALLBACK=fp32" in message
