@@ -123,8 +123,16 @@ class EHRConfig:
     imputer_trees: int = 100  # random-forest size inside IterativeImputer
     imputer_max_iter: int = 10
     imputer_fit_rows: int = 50_000  # fit on a seeded subset of at most this many training rows
+    # MIMIC studies outside every admission (blank mortality, patient in MIMIC-IV): zero (the
+    # paper's extraction: not an in-hospital death) or impute (predicted like a missing value)
+    mortality_outside_admission: str = "zero"
 
     def __post_init__(self) -> None:
+        if self.mortality_outside_admission not in ("zero", "impute"):
+            raise ValueError(
+                "ehr.mortality_outside_admission must be zero or impute, got "
+                f"{self.mortality_outside_admission!r}"
+            )
         if self.embed_dim < 1 or self.age_max <= self.age_min:
             raise ValueError(
                 f"need ehr.embed_dim >= 1 and ehr.age_max > ehr.age_min, got "
@@ -157,6 +165,74 @@ class LossConfig:
             raise ValueError(
                 f"need loss.sinkhorn_iters >= 0 and loss.me_max_weight >= 0, got "
                 f"{self.sinkhorn_iters}, {self.me_max_weight}"
+            )
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    """The DINO baseline (method=dino, training.baselines): student/teacher self-distillation.
+
+    Caron et al., ICCV 2021. The projection head (no BatchNorm) ends in an L2-normalised
+    bottleneck scored against ``num_prototypes`` weight-normalised vectors (DINO's last layer);
+    the teacher is the EMA of the student (ema section), its outputs centred and sharpened.
+    """
+
+    head_hidden: int = 2048
+    bottleneck: int = 256
+    num_prototypes: int = 65536  # DINO's out_dim
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear from this to teacher_temp over the warm-up epochs
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    freeze_last_layer_epochs: int = 1  # the prototypes get no update during the first epochs
+
+    def __post_init__(self) -> None:
+        if self.head_hidden < 1 or self.bottleneck < 1 or self.num_prototypes < 1:
+            raise ValueError(
+                "need dino.head_hidden, bottleneck and num_prototypes >= 1, got "
+                f"{self.head_hidden}, {self.bottleneck}, {self.num_prototypes}"
+            )
+        if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
+            raise ValueError(
+                "dino temperatures must be > 0, got "
+                f"{self.student_temp}, {self.teacher_temp}, {self.warmup_teacher_temp}"
+            )
+        if not 0 <= self.center_momentum < 1:
+            raise ValueError(f"dino.center_momentum must be in [0, 1), got {self.center_momentum}")
+        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer_epochs < 0:
+            raise ValueError(
+                "dino.warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0, got "
+                f"{self.warmup_teacher_temp_epochs}, {self.freeze_last_layer_epochs}"
+            )
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """The MAE baseline (method=mae, training.baselines): masked patch reconstruction.
+
+    He et al., CVPR 2022. The encoder sees the kept patches of the target view only; a light
+    transformer decoder predicts the pixels of the masked ones (MAE's default decoder is 512
+    wide and 8 deep; a lighter one suits ViT-T/S).
+    """
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 8
+    norm_pix_loss: bool = True  # targets normalised per patch (MAE's default for its best results)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mae.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.decoder_dim < 1 or self.decoder_depth < 1 or self.decoder_heads < 1:
+            raise ValueError(
+                "need mae.decoder_dim, decoder_depth and decoder_heads >= 1, got "
+                f"{self.decoder_dim}, {self.decoder_depth}, {self.decoder_heads}"
+            )
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(
+                f"mae.decoder_dim {self.decoder_dim} must be a multiple of decoder_heads {self.decoder_heads}"
             )
 
 
@@ -271,9 +347,15 @@ class MonitorConfig:
             )
 
 
+METHODS = ("msn", "dino", "mae")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     name: str = "custom"
+    # msn: the paper's (multimodal) MSN; dino, mae: the image-only baselines of its Table 3
+    # (training.baselines). The mask, loss and ehr sections are MSN's; dino and mae have theirs.
+    method: str = "msn"
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -284,6 +366,16 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "msn" and self.ehr.features:
+            raise ValueError(
+                f"method={self.method} is an image-only baseline: EHR fusion is MSN's (set ehr.features=)"
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

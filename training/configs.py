@@ -18,6 +18,16 @@ peaked at epochs 4-8 and fell after, on all three seeds. The monitor probes ever
 no early stopping on the training loss. About 5 minutes on 2 CPU cores (estimated from a
 2-thread trial). The paper's configs are unchanged.
 
+``<backbone>-dino`` and ``<backbone>-mae`` (``vit_t-dino``, ``vit_s-mae``, ``small-dino``, ...):
+the image-only baselines of the paper's Table 3 (``method`` dino or mae; training.baselines),
+with the data, views, optimiser, schedule and epochs of the same backbone's MSN config, so
+that only the method differs. DINO: the original's temperatures (student 0.1, teacher 0.04),
+centre momentum 0.9, a 2048-wide head with a 256-d bottleneck, 65,536 prototypes (1,024 for
+``small-``) and the last layer frozen for the first epoch; the teacher is the EMA network of
+the ``ema`` section. MAE: mask ratio 0.75 on the target view, per-patch normalised pixel
+targets, a 256-wide 4-block decoder (128 wide, 2 blocks for ``small-``); it reads no focal
+views, so they are not drawn.
+
 ``smoke``: one short epoch of ViT-Tiny MSN + all EHR features on 64 training images of
 ``../shared/data`` (a manifest built in the run folder), paper-sized views, in a few
 minutes on a CPU.
@@ -30,9 +40,11 @@ from pathlib import Path
 
 from training.config import (
     DataConfig,
+    DINOConfig,
     EHRConfig,
     EMAConfig,
     LossConfig,
+    MAEConfig,
     ModelConfig,
     MonitorConfig,
     OptimConfig,
@@ -48,6 +60,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     **{name: (name,) for name in ("age", "sex", "view", "position", "icu", "mortality")},
     **{group: (group,) for group in ("D", "SM", "SI", "all")},
 }
+#: Pretraining baselines named like variants: ``<backbone>-dino``, ``<backbone>-mae``.
+PRETRAIN_BASELINES = ("dino", "mae")
 
 
 def paper_config(backbone: str, variant: str) -> PretrainConfig:
@@ -89,6 +103,19 @@ def small_config(variant: str) -> PretrainConfig:
     )
 
 
+def baseline_config(backbone: str, method: str) -> PretrainConfig:
+    """``<backbone>-<method>``: the backbone's vanilla MSN config with ``method`` dino or mae."""
+    if method not in PRETRAIN_BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; known: {list(PRETRAIN_BASELINES)}")
+    small = backbone == "small"
+    base = small_config("vanilla") if small else paper_config(backbone, "vanilla")
+    config = replace(base, name=f"{backbone}-{method}", method=method)
+    if method == "dino":
+        return replace(config, dino=DINOConfig(num_prototypes=1024) if small else DINOConfig())
+    mae = MAEConfig(decoder_dim=128, decoder_depth=2, decoder_heads=4) if small else MAEConfig()
+    return replace(config, mae=mae, views=replace(config.views, focal_views=0))
+
+
 def smoke_config() -> PretrainConfig:
     return PretrainConfig(
         name="smoke",
@@ -101,15 +128,16 @@ def smoke_config() -> PretrainConfig:
 
 
 def config_names() -> list[str]:
-    return (
-        [f"{b}-{v}" for b in ARCHITECTURES for v in VARIANTS] + [f"small-{v}" for v in VARIANTS] + ["smoke"]
-    )
+    backbones = [*ARCHITECTURES, "small"]
+    return [f"{b}-{v}" for b in backbones for v in (*VARIANTS, *PRETRAIN_BASELINES)] + ["smoke"]
 
 
 def named_config(name: str) -> PretrainConfig:
     if name == "smoke":
         return smoke_config()
     backbone, _, variant = name.partition("-")
+    if backbone in (*ARCHITECTURES, "small") and variant in PRETRAIN_BASELINES:
+        return baseline_config(backbone, variant)
     if backbone == "small":
         return small_config(variant)
     if backbone not in ARCHITECTURES or variant not in VARIANTS:

@@ -3,13 +3,20 @@
 Examples:
   cxr-msn build-manifest chexpert --root /data/CheXpert-v1.0-small --out chexpert.csv
   cxr-msn evaluate runs/mimic-linear/classifier.safetensors --manifest chexpert.csv --out runs/on-chexpert
+  cxr-msn build-manifest chexpert --root /data/CheXpert-v1.0-small \
+      --test-csv /data/chexpert-test/test_labels.csv --out chexpert-test.csv   # the 500-patient test set
+  cxr-msn evaluate runs/nih-linear/classifier.safetensors --manifest nih.csv \
+      --nih-findings /data/nih/Data_Entry_2017.csv --out runs/nih-eval       # also NIH's own findings
   cxr-msn evaluate runs/smoke-linear/classifier.safetensors --config smoke --out runs/smoke-eval
 
-The images are decoded and preprocessed exactly as serving does. Metrics cover the
-classifier's trained labels that are estimable on the split (blanks masked, as everywhere),
-with 95 % bootstrap CIs; each saved threshold's sensitivity, specificity and precision are
-reported too. OUT gets metrics.json, predictions/test.npz, config.json and version.json
-(`cxr-msn report OUT` and `cxr-msn compare` read them).
+The images are decoded and preprocessed exactly as serving does (the classifier's stored
+preprocessing). Metrics cover the classifier's trained labels that are estimable on the split
+(labels under the configured policy, `labels.*`), with 95 % bootstrap CIs; each saved
+threshold's sensitivity, specificity and precision are reported too. With --nih-findings,
+metrics.json also holds `nih_findings`: NIH's own 14 findings, each scored by the classifier's
+matching CheXpert head (nine can be; the five without a head are reported as not estimable).
+OUT gets metrics.json, predictions/test.npz, config.json and version.json (`cxr-msn report
+OUT` and `cxr-msn compare` read them).
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="test", choices=("train", "valid", "test"), help="the split to evaluate on"
     )
+    parser.add_argument(
+        "--nih-findings",
+        type=Path,
+        help="NIH's Data_Entry_2017.csv (or nih1000/labels.csv): also score NIH's own 14 findings",
+    )
     add_config_arguments(parser)
 
 
@@ -41,18 +53,20 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from training.downstream.evaluate import evaluate_classifier
 
-        metrics = evaluate_classifier(args.classifier, config, args.out, split=args.split)
-    except ValueError as exc:
+        metrics = evaluate_classifier(
+            args.classifier, config, args.out, split=args.split, nih_findings=args.nih_findings
+        )
+    except (ValueError, FileNotFoundError) as exc:
         return fail("evaluate", exc)
     macro = metrics["test"]["macro"]
-    print(
-        json.dumps(
-            {
-                "images": metrics["test"]["images"],
-                "macro_auroc": macro["auroc"],
-                "macro_auprc": macro["auprc"],
-                "macro_labels": macro["labels"],
-            }
-        )
-    )
+    summary = {
+        "images": metrics["test"]["images"],
+        "macro_auroc": macro["auroc"],
+        "macro_auprc": macro["auprc"],
+        "macro_labels": macro["labels"],
+    }
+    if "nih_findings" in metrics:
+        nih = metrics["nih_findings"]["macro"]
+        summary |= {"nih_macro_auroc": nih["auroc"], "nih_macro_findings": nih["labels"]}
+    print(json.dumps(summary))
     return 0

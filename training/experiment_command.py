@@ -1,8 +1,11 @@
-"""Pretrain and linearly evaluate vanilla MSN against MSN + EHR variants on the same data and seeds.
+"""Pretrain and linearly evaluate vanilla MSN against MSN + EHR variants and the paper's baselines.
 
 Examples:
   cxr-msn experiment --out runs/exp-shared --variants vanilla,D --pretrain-set train.epochs=2
   cxr-msn experiment --out runs/exp-smoke --preset smoke
+  cxr-msn experiment --out runs/table3 --backbone small --variants vanilla,D --baselines dino,mae,supervised
+  cxr-msn experiment --out runs/t3 --manifest mimic.csv --baselines dino,mae,supervised,supervised-imagenet \
+      --imagenet-encoder vit_t_in1k.safetensors   # from `cxr-msn import-weights --format timm`
   cxr-msn experiment --out runs/exp-mimic --manifest mimic.csv --backbone vit_s --variants vanilla,sex,D,all
   cxr-msn experiment --out runs/controls --backbone small --variants vanilla,D --seeds 0,1,2 \
       --controls random,supervised,pixels
@@ -13,6 +16,13 @@ manifest it was pretrained on (the same patient splits for every variant). Print
 (test macro AUROC and AUPRC with 95 % CIs, the difference to the first variant with a paired
 bootstrap CI and p-value, and a paired t-test over labels) and writes OUT/results.{json,md}.
 Rerunning with the same options continues an interrupted experiment.
+
+--baselines adds the rows of the paper's Table 3: dino and mae (the backbone's -dino / -mae
+pretraining configs, then the same linear protocol), supervised (the random initialisation
+fine-tuned on 100 % of the training labels) and supervised-imagenet (an imported ImageNet
+encoder fine-tuned the same way); --finetune-runs chooses the paper's five-run grid (default)
+or one run. --encoder-weights chooses which pretrained encoder linear evaluation reads: the
+last epoch's (default) or the lowest training loss's (the paper's early-stopping choice).
 
 With --controls (or several --seeds), every seed also evaluates, on the same manifest and
 patient splits, a randomly initialised encoder of the same architecture (the weights MSN
@@ -32,7 +42,10 @@ if TYPE_CHECKING:
     from training.downstream.controls import ControlExperiment
     from training.downstream.experiment import Experiment
 
-HELP = "pretrain + linear-evaluate vanilla MSN and MSN + EHR variants; a table with CIs (paper Tables 3/4)"
+HELP = (
+    "pretrain + linear-evaluate vanilla MSN, MSN + EHR variants and the DINO / MAE / supervised "
+    "baselines; a table with CIs (paper Tables 3/4)"
+)
 SMOKE_PRETRAIN = (
     "data.max_images=64",
     "train.epochs=1",
@@ -40,6 +53,7 @@ SMOKE_PRETRAIN = (
     "ehr.imputer_trees=10",
     "ehr.imputer_max_iter=3",
     "train.log_every=1",
+    "monitor.max_images=64",  # as the smoke config: the probe at 224 px costs seconds per image on a CPU
 )
 
 
@@ -59,6 +73,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated EHR variants; the first is the baseline (vanilla, age, sex, view, position, "
         "icu, mortality, D, SM, SI, all)",
     )
+    parser.add_argument(
+        "--baselines",
+        default="",
+        help="comma-separated baselines after the variants (paper Table 3): dino, mae (pretrained, then "
+        "probed), supervised (random init fine-tuned on 100 %% of the labels), supervised-imagenet "
+        "(--imagenet-encoder fine-tuned the same way)",
+    )
+    parser.add_argument(
+        "--imagenet-encoder",
+        type=Path,
+        help="an ImageNet encoder of the backbone's architecture imported with `cxr-msn import-weights "
+        "--format timm --kind encoder` (for the supervised-imagenet baseline)",
+    )
+    parser.add_argument(
+        "--encoder-weights",
+        choices=("last", "best_loss"),
+        default="last",
+        help="the pretrained encoder linear evaluation reads: the last epoch's (default) or the one of "
+        "the lowest training loss (what the paper's early stopping kept)",
+    )
+    parser.add_argument(
+        "--finetune-runs",
+        choices=("grid", "single"),
+        help="fine-tuning runs of the supervised baselines and control: grid (the paper's five runs, the "
+        "baselines' default) or single (one cosine run, the control's default; a CPU budget)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="train.seed of every pretraining and linear run")
     parser.add_argument(
         "--seeds",
@@ -77,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="overrides of the supervised control's fine-tuning, e.g. max_epochs=20 lr=3e-4",
+        help="overrides of the supervised control's and baselines' fine-tuning, e.g. max_epochs=20 lr=3e-4",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", type=Path, help="a manifest CSV to pretrain and evaluate on")
@@ -148,6 +188,7 @@ def build_controls(args: argparse.Namespace, experiment: Experiment) -> ControlE
         seeds=seeds,
         controls=_names(args.controls),
         finetune=finetune,
+        finetune_runs=args.finetune_runs or "single",
     )
 
 
@@ -162,6 +203,9 @@ def build_experiment(args: argparse.Namespace) -> Experiment:
         data = ("data.source=shared", f"data.shared_root={args.shared_root}")
     smoke = args.preset == "smoke"
     downstream = apply_overrides(named_config("smoke" if smoke else "paper"), list(args.linear_set))
+    baselines = _names(args.baselines)
+    if any(b.startswith("supervised") for b in baselines):  # --finetune-set: their fine-tuning too
+        downstream = apply_overrides(downstream, [f"finetune.{item}" for item in args.finetune_set])
     return Experiment(
         backbone=args.backbone,
         variants=_names(args.variants),
@@ -169,4 +213,8 @@ def build_experiment(args: argparse.Namespace) -> Experiment:
         data=data,
         pretrain_overrides=(*(SMOKE_PRETRAIN if smoke else ()), *args.pretrain_set),
         downstream=downstream,
+        baselines=baselines,
+        pretrain_weights=args.encoder_weights,
+        finetune_runs=args.finetune_runs or "grid",
+        imagenet_encoder=str(args.imagenet_encoder) if args.imagenet_encoder else "",
     )

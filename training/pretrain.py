@@ -12,8 +12,16 @@ Run folder (``out``)::
     tensorboard/                  the same scalars for TensorBoard
     train.log                     the log of rank 0
     checkpoints/state.pt          everything needed to resume, written atomically every epoch
-    checkpoints/encoder.safetensors   the EMA target encoder in the core format (kind "encoder")
+    checkpoints/encoder.safetensors   the last epoch's encoder in the core format (kind "encoder")
+    checkpoints/encoder_best_loss.safetensors   the encoder of the epoch with the lowest training
+                                  loss (the paper keeps this one under early stopping)
     summary.json                  written at the end: losses, throughput, memory, rank digests
+
+The encoder kept is the EMA target encoder for MSN, the EMA teacher's for DINO and the trained
+encoder for MAE (``config.method``; training.baselines). Each encoder file records its epoch
+(``metrics.epoch``) and which choice it is (``extra.selection``: ``last`` or ``best_loss``).
+``best_loss`` is the early-stopping criterion's best epoch (an improvement is a drop of more
+than ``train.min_delta``), tracked whether or not early stopping is on.
 
 Seeding: torch's generator is seeded with ``train.seed`` before the networks are built,
 and with (seed, epoch, rank) at the start of every epoch, so a resumed run repeats the
@@ -52,13 +60,30 @@ from training.distributed import (
 )
 from training.early_stopping import EarlyStopping
 from training.ehr import resolve_features
-from training.monitor import MONITOR_COLUMNS, ProbeSet, assess, load_probe_set, measure
+from training.monitor import (
+    MONITOR_COLUMNS,
+    ProbeSet,
+    assess,
+    embed,
+    embedding_spread,
+    load_probe_set,
+    measure,
+    probe_auroc,
+)
 from training.pretrain_data import PretrainData, prepare_data
 from training.run_folder import CsvLog, code_version, peak_memory_mb, write_json
-from training.train_step import TrainParts, build_parts, train_step
+from training.train_step import KEPT_WEIGHTS, TrainParts, build_parts, train_step
 
 log = logging.getLogger(__name__)
 
+#: The per-step scalars each method reports (averaged per epoch); the others' columns stay blank.
+#: DINO's read like MSN's with the teacher as the target: its cross-entropy is its loss.
+METHOD_STATS = {
+    "msn": ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement"),
+    "dino": ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement"),
+    "mae": ("loss",),
+}
+ENCODER_FILES = {"last": "encoder.safetensors", "best_loss": "encoder_best_loss.safetensors"}
 EPOCH_COLUMNS = (
     "epoch",
     "loss",
@@ -148,8 +173,9 @@ def _pretrain(config: PretrainConfig, out: Path, dist_info: DistInfo) -> dict[st
     if probe is not None and not state.monitor:
         monitor_epoch(parts, probe, state, logs, steps_per_epoch)
     log.info(
-        "pretraining %s on %d images (%s), %d steps per epoch, world size %d, device %s",
+        "pretraining %s (%s) on %d images (%s), %d steps per epoch, world size %d, device %s",
         config.name,
+        config.method,
         len(data.rows),
         data.summary["datasets"],
         steps_per_epoch,
@@ -198,49 +224,64 @@ def monitor_epoch(
     config = parts.config
     started = time.perf_counter()
     record: dict[str, Any] = {"epoch": state.epoch}
-    record.update(
-        measure(
-            parts.target,
-            parts.anchor.prototypes,
-            probe,
-            config.monitor,
-            device=parts.device,
-            seed=config.train.seed,
-        )
-    )
+    record.update(_measure(parts, probe))
     last = state.history[-1] if state.history and state.epoch else {}
     record["target_max"] = last.get("target_max", "")
     record["agreement"] = last.get("agreement", "")
+    prototypes = _num_prototypes(config)
     record["mean_entropy_ratio"] = (
-        last["mean_entropy"] / math.log(config.loss.num_prototypes)
-        if last and config.loss.num_prototypes > 1
-        else ""
+        last["mean_entropy"] / math.log(prototypes) if "mean_entropy" in last and prototypes > 1 else ""
     )
-    multimodal = parts.anchor.fusion is not None
+    # The prototype count is no collapse signal with EHR fusion (see assess) or without prototypes (MAE).
+    prototype_signal = parts.anchor.fusion is None and config.method != "mae"
     record["status"] = assess(
-        [*state.monitor, record], config.monitor, config.loss.num_prototypes, multimodal=multimodal
+        [*state.monitor, record], config.monitor, max(prototypes, 1), multimodal=not prototype_signal
     )
     state.monitor.append(record)
     logs["monitor"].append(record)
     step = max(0, state.epoch * steps_per_epoch - 1)
     for name in ("probe_auroc", "embedding_std", "prototypes_used"):
-        logs["tensorboard"].add_scalar(f"monitor/{name}", record[name], step)
+        if isinstance(record[name], int | float):
+            logs["tensorboard"].add_scalar(f"monitor/{name}", record[name], step)
     logs["tensorboard"].flush()
-    message = (
-        "monitor after epoch %d: probe AUROC %.3f (%d labels), embedding spread %.3f, "
-        "%d prototypes in use (%.1f s)"
-    )
     log.info(
-        message,
+        "monitor after epoch %d: probe AUROC %.3f (%d labels), embedding spread %.3f, "
+        "%s prototypes in use (%.1f s)",
         state.epoch,
         record["probe_auroc"],
         record["probe_labels"],
         record["embedding_std"],
-        record["prototypes_used"],
+        record["prototypes_used"] if record["prototypes_used"] != "" else "no",
         time.perf_counter() - started,
     )
     if record["status"] != "ok":
         log.warning("monitor after epoch %d: %s", state.epoch, record["status"])
+
+
+def _num_prototypes(config: PretrainConfig) -> int:
+    return {"msn": config.loss.num_prototypes, "dino": config.dino.num_prototypes, "mae": 0}[config.method]
+
+
+def _measure(parts: TrainParts, probe: ProbeSet) -> dict[str, Any]:
+    """The monitor's measurements of the network the checkpoint keeps (rank 0)."""
+    config = parts.config
+    if parts.target is None:  # MAE: the probe and the spread only; there are no prototypes
+        encoder = parts.encoder_to_keep()
+        train = embed(encoder, probe.train_images, parts.device)
+        valid = embed(encoder, probe.valid_images, parts.device)
+        auroc, count = probe_auroc(train.numpy(), valid.numpy(), probe, config.monitor, config.train.seed)
+        return {
+            "probe_auroc": auroc,
+            "probe_labels": count,
+            "embedding_std": embedding_spread(valid),
+            "prototypes_used": "",
+        }
+    prototypes = getattr(parts.target, "prototypes", None)  # DINO's teacher has its own (EMA)
+    if prototypes is None:
+        prototypes = parts.msn_anchor.prototypes
+    return measure(
+        parts.target, prototypes, probe, config.monitor, device=parts.device, seed=config.train.seed
+    )
 
 
 def make_loader(
@@ -301,7 +342,7 @@ def run_epoch(
     parts.model.train()
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist_info.device)
-    names = ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement")
+    names = METHOD_STATS[config.method]
     sums = [0.0] * (len(names) + 1)  # the step means of ``names``, then the step count
     started = time.perf_counter()
     stats: dict[str, float] = {}
@@ -323,7 +364,7 @@ def run_epoch(
         "epoch": epoch + 1,
         **means,
         "lr": stats.get("lr", 0.0),
-        "momentum": stats.get("momentum", 0.0),
+        "momentum": stats.get("momentum", ""),
         "steps": steps_per_epoch,
         "images": images,
         "seconds": round(seconds, 2),
@@ -338,7 +379,7 @@ def run_epoch(
     if dist_info.is_main:
         logs["epochs"].append(record)
         last_step = (epoch + 1) * steps_per_epoch - 1
-        for name in ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement", "images_per_s"):
+        for name in (*names, "images_per_s"):
             logs["tensorboard"].add_scalar(f"epoch/{name}", record[name], last_step)
         logs["tensorboard"].flush()
         log.info("epoch %d: loss %.5f (%.1f images/s)", epoch + 1, loss, record["images_per_s"])
@@ -377,16 +418,21 @@ def _peak_cuda_mb(dist_info: DistInfo) -> float:
 def save_epoch(
     out: Path, parts: TrainParts, state: RunState, data: PretrainData, dist_info: DistInfo
 ) -> None:
-    """Make buffers identical on every rank, then (rank 0) write the state and the encoder."""
-    broadcast_buffers(parts.anchor)
-    broadcast_buffers(parts.target)
+    """Make buffers identical on every rank, then (rank 0) write the encoders and the state.
+
+    The best-loss encoder is written before state.pt: a run killed in between repeats the
+    epoch on resuming (exactly) and writes it again, so it never lags behind the state.
+    """
+    for module in parts.modules().values():
+        broadcast_buffers(module)
     if dist_info.is_main:
-        save_state(out / "checkpoints" / "state.pt", parts, state)
-        save_encoder(out / "checkpoints" / "encoder.safetensors", parts, state, data)
+        folder = out / "checkpoints"
+        if state.stopping.best_epoch == state.epoch - 1:  # this epoch is the best so far
+            save_encoder(folder / ENCODER_FILES["best_loss"], parts, state, data, selection="best_loss")
+        save_encoder(folder / ENCODER_FILES["last"], parts, state, data)
         if parts.config.train.keep_epoch_encoders:
-            save_encoder(
-                out / "checkpoints" / f"encoder_epoch{state.epoch:03d}.safetensors", parts, state, data
-            )
+            save_encoder(folder / f"encoder_epoch{state.epoch:03d}.safetensors", parts, state, data)
+        save_state(folder / "state.pt", parts, state)
     barrier()
 
 
@@ -397,8 +443,7 @@ def save_state(path: Path, parts: TrainParts, state: RunState) -> None:
         "stopping": state.stopping.state_dict(),
         "finished": state.finished,
         "monitor": state.monitor,
-        "anchor": parts.anchor.state_dict(),
-        "target": parts.target.state_dict(),
+        **{name: module.state_dict() for name, module in parts.modules().items()},
         "optimizer": parts.optimizer.state_dict(),
         "scaler": None if parts.scaler is None else parts.scaler.state_dict(),
         "config": to_dict(parts.config),
@@ -412,8 +457,8 @@ def load_state(path: Path, parts: TrainParts) -> RunState:
     payload = torch.load(path, map_location=parts.device, weights_only=True)
     if from_dict(payload["config"]) != parts.config:
         raise ValueError(f"{path} was written with another config than the run folder's config.json")
-    parts.anchor.load_state_dict(payload["anchor"], strict=True)
-    parts.target.load_state_dict(payload["target"], strict=True)
+    for name, module in parts.modules().items():
+        module.load_state_dict(payload[name], strict=True)
     parts.optimizer.load_state_dict(payload["optimizer"])
     if parts.scaler is not None and payload["scaler"] is not None:
         parts.scaler.load_state_dict(payload["scaler"])
@@ -426,37 +471,50 @@ def load_state(path: Path, parts: TrainParts) -> RunState:
     )
 
 
-def save_encoder(path: Path, parts: TrainParts, state: RunState, data: PretrainData) -> None:
-    """The EMA target encoder in the core checkpoint format (loadable into create_encoder(arch))."""
+def save_encoder(
+    path: Path, parts: TrainParts, state: RunState, data: PretrainData, *, selection: str = "last"
+) -> None:
+    """The kept encoder (``TrainParts.encoder_to_keep``) in the core checkpoint format, loadable
+    into create_encoder(arch); ``selection`` says which epoch it is: ``last`` or ``best_loss``."""
     config = parts.config
     size = config.views.target_size
     last = state.history[-1] if state.history else {}
+    method = config.method
+    features = list(resolve_features(config.ehr.features))
+    images = f"on {data.summary['images']} images of {', '.join(data.summary['datasets'])}"
+    summary = {
+        "msn": f"MSN pretraining (self-supervised, no labels) {images}; EHR features: "
+        f"{', '.join(features) or 'none (vanilla MSN)'}",
+        "dino": f"DINO pretraining (self-supervised, no labels; an image-only baseline) {images}",
+        "mae": f"MAE pretraining (self-supervised, no labels; an image-only baseline) {images}",
+    }[method]
     metadata = CheckpointMetadata(
         architecture=config.model.arch,
         kind="encoder",
         preprocessing=PreprocessConfig(resize=size, crop=size).to_dict(),
         training_data={
-            "summary": f"MSN pretraining (self-supervised, no labels) on {data.summary['images']} images of "
-            f"{', '.join(data.summary['datasets'])}; EHR features: "
-            f"{', '.join(resolve_features(config.ehr.features)) or 'none (vanilla MSN)'}",
+            "summary": summary,
             **data.summary,
         },
         metrics={
-            "epochs": state.epoch,
+            "epoch": state.epoch,  # the epoch whose weights these are (1-based)
+            "epochs": state.epoch,  # epochs trained when the file was written
             "loss": last.get("loss"),
             "best_loss": state.stopping.best,
+            "best_loss_epoch": state.stopping.best_epoch + 1,
             **_monitor_metrics(state),
         },
         extra={
-            "method": "msn",
-            "weights": "EMA target encoder",
+            "method": method,
+            "weights": KEPT_WEIGHTS[method],
+            "selection": selection,
             "config_name": config.name,
-            "ehr_features": list(resolve_features(config.ehr.features)),
+            "ehr_features": features,
             "finished": state.finished,
             "code_version": code_version()["git_describe"],
         },
     )
-    save_checkpoint(path, parts.target.encoder.state_dict(), metadata)
+    save_checkpoint(path, parts.encoder_to_keep().state_dict(), metadata)
 
 
 def _monitor_metrics(state: RunState) -> dict[str, Any]:
@@ -471,9 +529,9 @@ def _monitor_metrics(state: RunState) -> dict[str, Any]:
 
 
 def state_digest(parts: TrainParts) -> str:
-    """sha256 over every tensor of the anchor and target networks (same on every DDP rank)."""
+    """sha256 over every tensor of the trained and EMA networks (same on every DDP rank)."""
     digest = hashlib.sha256()
-    for module in (parts.anchor, parts.target):
+    for module in parts.modules().values():
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -502,7 +560,11 @@ def _finish(
         "rank_state_sha256": digests,
         "ranks_identical": len(set(digests)) == 1,
         "data": data.summary,
-        "encoder": str(out / "checkpoints" / "encoder.safetensors"),
+        "method": parts.config.method,
+        "encoder": str(out / "checkpoints" / ENCODER_FILES["last"]),
+        "encoder_epoch": state.epoch,
+        "encoder_best_loss": str(out / "checkpoints" / ENCODER_FILES["best_loss"]),
+        "encoder_best_loss_epoch": state.stopping.best_epoch + 1,
         "monitor": state.monitor,
         "monitor_status": state.monitor[-1]["status"] if state.monitor else "off",
         **peak_memory_mb(),
@@ -511,7 +573,12 @@ def _finish(
         write_json(out / "summary.json", summary)
         logs["tensorboard"].close()
         log.info(
-            "finished (%s) after %d epochs; encoder: %s", state.finished, state.epoch, summary["encoder"]
+            "finished (%s) after %d epochs; encoder: %s (last epoch), %s (best loss, epoch %d)",
+            state.finished,
+            state.epoch,
+            summary["encoder"],
+            summary["encoder_best_loss"],
+            summary["encoder_best_loss_epoch"],
         )
     barrier()
     return summary

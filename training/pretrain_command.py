@@ -1,13 +1,19 @@
-"""Pretrain a ViT encoder with multimodal MSN (MSN + static EHR) and write a run folder.
+"""Pretrain a ViT encoder with multimodal MSN (MSN + static EHR), or a DINO / MAE baseline.
 
 Examples:
   cxr-msn pretrain --config smoke --out runs/smoke
   cxr-msn pretrain --config vit_t-D --manifest mimic.csv --out runs/vit_t-D --set optim.lr=5e-4
+  cxr-msn pretrain --config small-dino --out runs/small-dino        # the DINO baseline (method=dino)
+  cxr-msn pretrain --config vit_t-mae --manifest mimic.csv --out runs/vit_t-mae
   cxr-msn pretrain --out runs/vit_t-D --resume
   torchrun --nproc-per-node 8 -m training pretrain --config vit_s-all --manifest mimic.csv --out runs/s-all
 
-The encoder for linear evaluation is OUT/checkpoints/encoder.safetensors (the EMA target
-encoder, core checkpoint format, kind "encoder").
+Two encoders are written in the core checkpoint format (kind "encoder"):
+OUT/checkpoints/encoder.safetensors (the last epoch, what `linear-eval OUT` reads) and
+OUT/checkpoints/encoder_best_loss.safetensors (the epoch of the lowest training loss, what the
+paper's early stopping kept; pass that file to linear-eval to use it). Each records its epoch
+(metrics.epoch) and choice (extra.selection). The encoder is the EMA target's for MSN, the EMA
+teacher's for DINO and the trained one for MAE.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from training.config import PretrainConfig
 
-HELP = "multimodal MSN pretraining of a ViT encoder (named configs, overrides, resume, DDP)"
+HELP = "multimodal MSN (or DINO / MAE baseline) pretraining of a ViT encoder (named configs, resume, DDP)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", help="a named config (see --list-configs), e.g. smoke, vit_t-D, vit_s-all"
+        "--config", help="a named config (see --list-configs), e.g. smoke, vit_t-D, vit_s-all, small-dino"
     )
     parser.add_argument("--out", type=Path, help="the run folder to create (or to continue with --resume)")
     parser.add_argument("--manifest", type=Path, help="a manifest CSV (build-manifest); sets data.manifest")
@@ -73,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if summary is not None:
         print(
-            json.dumps({k: summary[k] for k in ("epochs", "finished", "final_loss", "best_loss", "encoder")})
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in ("epochs", "finished", "final_loss", "best_loss", "encoder", "encoder_best_loss")
+                }
+            )
         )
     return 0
 

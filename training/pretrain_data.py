@@ -48,6 +48,7 @@ def prepare_data(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> 
         paths,
         config.data.cache_size,
         Path(config.data.cache_dir).expanduser(),
+        layout="whole",  # the whole film on a padded square: views crop from all of it, as the paper's
         workers=config.data.cache_workers,
         build=dist_info.local_rank == 0,  # one builder per machine; the others wait for its file
         wait_s=WAIT_S,
@@ -55,7 +56,9 @@ def prepare_data(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) -> 
     usable = cache.usable
     rows = [rows[i] for i in usable]
     features = None if ehr is None else ehr.transform(rows)
-    dataset = PretrainDataset(cache.images, usable, MultiViewTransform(config.views), features)
+    dataset = PretrainDataset(
+        cache.images, usable, MultiViewTransform(config.views), features, boxes=cache.boxes
+    )
     summary = data_summary(manifest, rows, failed=len(cache.failed))
     return PretrainData(dataset=dataset, rows=rows, manifest=manifest, ehr=ehr, summary=summary)
 
@@ -112,6 +115,7 @@ def _ehr_pipeline(
             max_iter=config.ehr.imputer_max_iter,
             fit_rows=config.ehr.imputer_fit_rows,
             seed=config.train.seed,
+            mortality_outside_admission=config.ehr.mortality_outside_admission,
         )
         pipeline.save(folder)
         log.info("EHR imputer fitted on %d training rows: %s", len(train_rows), pipeline.fit_summary)

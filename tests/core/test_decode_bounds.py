@@ -367,9 +367,9 @@ def test_a_plain_upload_whose_header_claims_20000_squared_is_refused_from_its_he
     if fmt == "jpeg":
         data = with_sof(to_jpeg(PICTURE), 20000, 20000)
     else:
-        data = bytearray(to_png(PICTURE))
-        data[16:24] = struct.pack(">II", 20000, 20000)
-        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-        data = bytes(data)
+        patched = bytearray(to_png(PICTURE))
+        patched[16:24] = struct.pack(">II", 20000, 20000)
+        patched[29:33] = struct.pack(">I", zlib.crc32(bytes(patched[12:29])))
+        data = bytes(patched)
     code, status, _ = _timed_refusal(data)
     assert (code, status) == ("image_too_large", 413)

@@ -31,6 +31,7 @@ def _parts(*overrides: str, ehr_dim: int = 3) -> tuple[TrainParts, dict[str, tor
 
 def test_a_step_trains_the_anchor_and_prototypes_and_moves_the_target_by_ema() -> None:
     parts, batch = _parts()
+    assert parts.target is not None
     anchor_before = {k: v.clone() for k, v in parts.anchor.named_parameters()}
     target_before = {k: v.clone() for k, v in parts.target.named_parameters()}
     stats = train_step(parts, batch, step=0)

@@ -3,6 +3,11 @@
 From MIMIC-CXR-JPG (``cxr_root``): ``mimic-cxr-2.0.0-metadata.csv[.gz]`` (one row per
 image), ``-chexpert.csv[.gz]`` (labels per study), ``-split.csv[.gz]`` (the official split,
 by patient) and the images at ``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg``.
+
+``split_file`` replaces the official split by another file of the same columns (dicom_id,
+split with values train / validate / test, ...): the paper used MedFuse's MIMIC-CXR-EHR split
+``mimic-cxr-ehr-split.csv`` (Hayat et al.: the official file with its patients reassigned to
+match MIMIC-IV's EHR splits). Every image of the metadata must be in the file.
 From MIMIC-IV (``mimic_iv_root``): ``hosp/patients.csv[.gz]``, ``hosp/admissions.csv[.gz]``
 and ``icu/icustays.csv[.gz]``.
 
@@ -13,7 +18,10 @@ StudyDate/StudyTime can be compared with admission and ICU times directly:
 - icu = 1 if the study time lies inside one of the patient's ICU stays, else 0
 - mortality = hospital_expire_flag of the admission whose admit..discharge interval
   contains the study time; blank when no admission contains it (an outpatient or
-  emergency study: in-hospital mortality is undefined there, and the imputer fills it)
+  emergency study: in-hospital mortality is undefined there). Pretraining's
+  ``ehr.mortality_outside_admission`` then makes it 0 (the paper's extraction, default) or
+  imputes it; icu is still recorded, which is how such a study is told from a patient absent
+  from MIMIC-IV
 - sex from ``gender``; view from ViewPosition; position from
   PatientOrientationCodeSequence_CodeMeaning (Erect / Recumbent)
 
@@ -72,19 +80,18 @@ class Intervals:
         return None
 
 
-def build_mimic(cxr_root: Path, mimic_iv_root: Path) -> list[ManifestRow]:
+def build_mimic(cxr_root: Path, mimic_iv_root: Path, *, split_file: Path | None = None) -> list[ManifestRow]:
     patients = load_patients(find_table(mimic_iv_root / "hosp", "patients.csv"))
     admissions = load_intervals(
         find_table(mimic_iv_root / "hosp", "admissions.csv"), "admittime", "dischtime", "hospital_expire_flag"
     )
     icu_stays = load_intervals(find_table(mimic_iv_root / "icu", "icustays.csv"), "intime", "outtime", None)
     labels = load_study_labels(find_table(cxr_root, f"{PREFIX}chexpert.csv"))
-    splits = {
-        v["dicom_id"]: SPLIT_NAMES[v["split"]]
-        for v in read_table(find_table(cxr_root, f"{PREFIX}split.csv"), required=("dicom_id", "split"))
-    }
+    splits = load_splits(find_table(cxr_root, f"{PREFIX}split.csv") if split_file is None else split_file)
     rows = []
     for meta in read_table(find_table(cxr_root, f"{PREFIX}metadata.csv"), required=METADATA_COLUMNS):
+        if meta["dicom_id"] not in splits:
+            raise ValueError(f"image {meta['dicom_id']} of the metadata is not in the split file")
         subject = meta["subject_id"]
         moment = study_datetime(meta["StudyDate"], meta["StudyTime"])
         patient = patients.get(subject)
@@ -104,6 +111,17 @@ def build_mimic(cxr_root: Path, mimic_iv_root: Path) -> list[ManifestRow]:
             )
         )
     return rows
+
+
+def load_splits(path: Path) -> dict[str, str]:
+    """dicom_id -> manifest split (train, valid, test) from a MIMIC-CXR-format split file."""
+    splits = {}
+    for values in read_table(path, required=("dicom_id", "split")):
+        name = values["split"].strip()
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"{path}: split must be one of {sorted(SPLIT_NAMES)}, got {name!r}")
+        splits[values["dicom_id"].strip()] = SPLIT_NAMES[name]
+    return splits
 
 
 def image_path(cxr_root: Path, subject: str, study: str, dicom_id: str) -> Path:

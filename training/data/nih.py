@@ -7,6 +7,12 @@ validation split is carved out of train_val by patient; otherwise all patients a
 70/15/15. NIH has 14 findings of its own: nine map onto CheXpert labels (1 when present,
 0 when absent); Enlarged Cardiomediastinum, Fracture, Lung Opacity, Pleural Other and
 Support Devices stay blank (not annotated, which is not the same as absent).
+
+NIH's own 14 findings (``NIH_FINDINGS``, the labels the paper reports on NIH) are not in the
+manifest: ``read_nih_findings`` reads them per image name from ``Data_Entry_2017.csv`` (or
+``../shared/data/nih1000/labels.csv``) for ``cxr-msn evaluate --nih-findings``, which scores
+each with the classifier's matching CheXpert head (``NIH_FINDING_HEADS``). Infiltration,
+Emphysema, Fibrosis, Pleural_Thickening and Hernia have no such head.
 """
 
 from __future__ import annotations
@@ -44,6 +50,26 @@ NIH_TO_CHEXPERT = {
 }
 ANNOTATED_LABELS = frozenset(NIH_TO_CHEXPERT.values())
 
+#: NIH ChestX-ray14's 14 findings (Wang et al. 2017), spelt as in Data_Entry_2017.csv.
+NIH_FINDINGS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+#: NIH finding -> the CheXpert head that scores it (None: no CheXpert label to score it with).
+NIH_FINDING_HEADS: dict[str, str | None] = {finding: NIH_TO_CHEXPERT.get(finding) for finding in NIH_FINDINGS}
+
 
 def build_nih(root: Path, *, valid_fraction: float = 0.1, seed: int = 0) -> list[ManifestRow]:
     entries = list(read_table(_entry_file(root), required=ENTRY_COLUMNS))
@@ -60,6 +86,28 @@ def build_nih(root: Path, *, valid_fraction: float = 0.1, seed: int = 0) -> list
 def nih_labels(findings: str) -> tuple[float | None, ...]:
     present = {NIH_TO_CHEXPERT[f] for f in findings.split("|") if f in NIH_TO_CHEXPERT}
     return tuple((1.0 if name in present else 0.0) if name in ANNOTATED_LABELS else None for name in LABELS)
+
+
+def read_nih_findings(path: Path) -> dict[str, frozenset[str]]:
+    """Image name -> its NIH findings (empty for No Finding), from ``Data_Entry_2017.csv``
+    (``Image Index``, ``Finding Labels``) or a table with ``image`` and ``nih_findings``
+    (``../shared/data/nih1000/labels.csv``). Unknown finding names are refused."""
+    table = list(read_table(path))
+    columns = set(table[0]) if table else set()
+    if {"Image Index", "Finding Labels"} <= columns:
+        name, findings = "Image Index", "Finding Labels"
+    elif {"image", "nih_findings"} <= columns:
+        name, findings = "image", "nih_findings"
+    else:
+        raise ValueError(f"{path} has neither Image Index + Finding Labels nor image + nih_findings columns")
+    result = {}
+    for values in table:
+        found = {f.strip() for f in values[findings].split("|") if f.strip()} - {"No Finding"}
+        unknown = found - set(NIH_FINDINGS)
+        if unknown:
+            raise ValueError(f"{path}: unknown NIH findings {sorted(unknown)} for {values[name]}")
+        result[values[name].strip()] = frozenset(found)
+    return result
 
 
 def _row(entry: dict[str, str], path: Path, split: str) -> ManifestRow:

@@ -3,8 +3,9 @@
 One frozen dataclass per section, overridable on the command line with
 ``--set section.field=value`` (``training.config.apply_overrides``); the resolved config is
 saved as ``config.json`` next to every output. Named configs: ``paper`` (the paper's
-protocol, REFERENCE section 1) and ``smoke`` (the same protocol, briefly, on a small subset
-of ``../shared/data``).
+protocol, REFERENCE section 1, its label policy included: blank and -1 labels are 0),
+``masked`` (the same with blank labels masked out of the loss and the metrics instead) and
+``smoke`` (the paper's protocol, briefly, on a small subset of ``../shared/data``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from training.config import dataclass_from_dict, to_dict
-from training.downstream.labels import UNCERTAIN_POLICIES
+from training.downstream.labels import check_policy, policy_name
 from training.downstream.metrics import THRESHOLD_METHODS, BootstrapSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SOURCES = ("manifest", "shared", "encoder")
 HEAD_FEATURES = ("raw", "standardized")
+EVAL_VIEWS = ("paper", "pretraining")
 HEAD_SOLVERS = ("adam", "logistic")
 
 
@@ -58,12 +60,20 @@ class EvalDataConfig:
 class LabelConfig:
     """Label policy (training.downstream.labels)."""
 
+    blank: str = "zeros"  # blank -> 0 (the paper's code, where the data set annotates the label), or masked
     uncertain: str = "zeros"  # -1 -> 0 (the paper's code), 1, or ignore (masked)
-    blank_zero_datasets: tuple[str, ...] = ()  # data sets whose blanks mean "not mentioned" (0)
+    blank_zero_datasets: tuple[str, ...] = ()  # blank=masked: data sets whose blanks still mean 0
 
     def __post_init__(self) -> None:
-        if self.uncertain not in UNCERTAIN_POLICIES:
-            raise ValueError(f"labels.uncertain must be one of {UNCERTAIN_POLICIES}, got {self.uncertain!r}")
+        try:
+            check_policy(self.blank, self.uncertain, self.blank_zero_datasets)
+        except ValueError as exc:
+            raise ValueError(f"labels: {exc}") from None
+
+    @property
+    def policy(self) -> str:
+        """``paper``, ``masked`` or ``custom``."""
+        return policy_name(self.blank, self.uncertain, self.blank_zero_datasets)
 
 
 @dataclass(frozen=True)
@@ -75,8 +85,14 @@ class AugmentConfig:
     degrees: float = 45.0  # rotation in [-degrees, degrees]
     translate: float = 0.15  # shift up to this fraction of the side, each axis
     scale: tuple[float, float] = (0.85, 1.15)
+    # paper: resize the shorter side by 256/224 of the input, centre-crop the input size (the
+    # paper's Resize(256) + CenterCrop(224)); pretraining: the encoder's own view (resize = crop),
+    # what linear evaluation used before 2026-11-30 and the bundled model was built with
+    eval_view: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.eval_view not in EVAL_VIEWS:
+            raise ValueError(f"augment.eval_view must be one of {EVAL_VIEWS}, got {self.eval_view!r}")
         if self.copies < 0 or not 0 <= self.flip_p <= 1 or self.degrees < 0:
             raise ValueError(
                 f"need augment.copies >= 0, 0 <= flip_p <= 1, degrees >= 0; got "
@@ -99,8 +115,8 @@ class HeadConfig:
     batch_size: int = 64
     patience: int = 5  # early stopping on validation macro AUROC
     min_delta: float = 1e-4
-    plateau_factor: float = 0.1  # torch's defaults (the paper gives none)
-    plateau_patience: int = 10
+    plateau_factor: float = 0.5  # the paper's code (torch's defaults are 0.1 and 10)
+    plateau_patience: int = 3
     weight_decay: float = 0.0
     # raw: the paper's head on the raw CLS embedding; standardized: each embedding dimension
     # scaled to zero mean and unit variance over the training views first (MAE's linear probe,
@@ -197,6 +213,11 @@ class DownstreamConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
+def masked_config() -> DownstreamConfig:
+    """The paper's protocol with blank labels masked out of the loss and the metrics."""
+    return DownstreamConfig(name="masked", labels=LabelConfig(blank="masked"))
+
+
 def smoke_config() -> DownstreamConfig:
     """The protocol, briefly: 64 training and 32 + 32 evaluation images of ../shared/data."""
     return DownstreamConfig(
@@ -210,7 +231,7 @@ def smoke_config() -> DownstreamConfig:
     )
 
 
-CONFIGS = {"paper": DownstreamConfig, "smoke": smoke_config}
+CONFIGS = {"paper": DownstreamConfig, "masked": masked_config, "smoke": smoke_config}
 
 
 def named_config(name: str) -> DownstreamConfig:

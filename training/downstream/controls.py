@@ -7,7 +7,8 @@ that same manifest and patient splits the controls:
 - ``random``: the same architecture, randomly initialised with the seed (the very weights
   pretraining starts from), evaluated by the same linear protocol;
 - ``supervised``: that random encoder fine-tuned end to end on 100 % of the training labels
-  (``finetune``), the supervised-from-scratch reference;
+  (``finetune``), the supervised-from-scratch reference: one cosine run by default
+  (``finetune_runs="single"``, a CPU budget), or the paper's five-run grid (``"grid"``);
 - ``pixels``: logistic regression on a PCA of 32 x 32 pixels (``training.downstream.pixels``).
 
 Every arm is compared with the seed's ``random`` arm on the same test images by a paired
@@ -55,8 +56,11 @@ class ControlExperiment:
     seeds: tuple[int, ...] = (0, 1, 2)
     controls: tuple[str, ...] = CONTROLS
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(fractions=(1.0,), max_epochs=30))
+    finetune_runs: str = "single"  # the supervised control: one cosine run, or the paper's "grid"
 
     def __post_init__(self) -> None:
+        if self.finetune_runs not in ("grid", "single"):
+            raise ValueError(f"finetune_runs must be grid or single, got {self.finetune_runs!r}")
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown or len(set(self.controls)) != len(self.controls):
             raise ValueError(f"controls must be distinct names of {CONTROLS}, got {self.controls}")
@@ -73,6 +77,7 @@ class ControlExperiment:
             "seeds": list(self.seeds),
             "controls": list(self.controls),
             "finetune": to_dict(self.finetune),
+            **({"finetune_runs": self.finetune_runs} if self.finetune_runs != "single" else {}),
         }
 
 
@@ -119,7 +124,12 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
         elif control == "supervised":
             from training.downstream.finetune import finetune
 
-            finetune(encoder, _supervised_config(downstream, setup.finetune), folder / "supervised")
+            finetune(
+                encoder,
+                _supervised_config(downstream, setup.finetune),
+                folder / "supervised",
+                runs=setup.finetune_runs,
+            )
         else:
             from training.downstream.pixels import pixel_baseline
 

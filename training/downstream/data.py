@@ -108,6 +108,7 @@ def prepare_data(config: DownstreamConfig, manifest: Path) -> DownstreamData:
     labels = {
         split: label_matrix(
             split_rows,
+            blank=config.labels.blank,
             uncertain=config.labels.uncertain,
             blank_zero_datasets=config.labels.blank_zero_datasets,
             annotated=annotated,
@@ -166,7 +167,9 @@ def data_summary(data: DownstreamData, config: DownstreamConfig) -> dict[str, An
         "manifest": str(data.manifest.resolve()),
         "manifest_sha256": hashlib.sha256(data.manifest.read_bytes()).hexdigest(),
         "datasets": datasets,
-        "label_policy": policy_summary(config.labels.uncertain, config.labels.blank_zero_datasets),
+        "label_policy": policy_summary(
+            config.labels.blank, config.labels.uncertain, config.labels.blank_zero_datasets
+        ),
         "label_fraction": config.data.label_fraction,
         "subsets": {
             "max_train_images": config.data.max_train_images,

@@ -32,6 +32,7 @@ from cxrmsn.checkpoint import CheckpointError, CheckpointMetadata, load_checkpoi
 from cxrmsn.fileio import atomic_write_bytes, sha256_file
 from cxrmsn.model import CXRClassifier, architecture_spec
 from cxrmsn.preprocess import PreprocessConfig
+from training.downstream.augment import eval_preprocessing
 from training.downstream.config import AugmentConfig
 from training.downstream.images import FileViews, collate_views
 
@@ -45,10 +46,13 @@ class Encoder:
     metadata: CheckpointMetadata
     path: Path
     sha256: str
+    eval_view: str = "paper"  # augment.eval_view
 
     @property
     def preprocessing(self) -> PreprocessConfig:
-        return self.metadata.preprocess_config
+        """The linear-evaluation view (``augment.eval_preprocessing``; by default the paper's,
+        not the pretraining's no-op crop): what training, testing and the saved classifier use."""
+        return eval_preprocessing(self.metadata.preprocess_config, self.eval_view)
 
 
 def resolve_encoder_path(path: Path) -> Path:
@@ -60,7 +64,7 @@ def resolve_encoder_path(path: Path) -> Path:
     return path
 
 
-def load_encoder(path: Path) -> Encoder:
+def load_encoder(path: Path, eval_view: str = "paper") -> Encoder:
     """An encoder checkpoint (kind "encoder") loaded strictly into ``CXRClassifier(arch).encoder``."""
     path = resolve_encoder_path(path)
     try:
@@ -75,7 +79,7 @@ def load_encoder(path: Path) -> Encoder:
             f"{path} was pretrained on {metadata.preprocess_config.crop} px target views, but the classifier "
             f"takes {size} px inputs (as export and serving feed it): pretrain with views.target_size={size}"
         )
-    return Encoder(model=model.eval(), metadata=metadata, path=path, sha256=sha256_file(path))
+    return Encoder(model.eval(), metadata, path, sha256_file(path), eval_view)
 
 
 @dataclass

@@ -2,10 +2,18 @@
 
 The paper applies its MIMIC-trained head to the CheXpert test set (same 14 labels). Here any
 classifier checkpoint (kind "classifier") is run on one split of any manifest (CheXpert's
-``valid.csv`` becomes the ``test`` split of ``build-manifest chexpert``) by the inference path;
-labels follow the same policy (blanks masked); metrics cover the classifier's trained labels
-that are estimable on the split, with bootstrap CIs; and each trained label's saved threshold
-is scored (sensitivity, specificity, precision at that threshold).
+``valid.csv``, or the test set's ``test_labels.csv`` with ``--test-csv``, becomes the ``test``
+split of ``build-manifest chexpert``) by the inference path; labels follow the configured
+policy (``labels.*``); metrics cover the classifier's trained labels that are estimable on the
+split, with bootstrap CIs; and each trained label's saved threshold is scored (sensitivity,
+specificity, precision at that threshold).
+
+NIH's own 14 findings (``nih_findings``, a Data_Entry_2017.csv): the paper reports NIH
+ChestX-ray14 on its 14 findings with a head trained on NIH. A CheXpert-label classifier can
+score nine of them with its matching head (Effusion with Pleural Effusion, Mass and Nodule
+each with Lung Lesion, ...), each against NIH's own per-finding targets; Infiltration,
+Emphysema, Fibrosis, Pleural_Thickening and Hernia are reported as not estimable (no head).
+Scoring all 14 needs a classifier with 14 NIH outputs, which this project does not train.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from cxrmsn.checkpoint import CheckpointError, load_classifier
 from cxrmsn.fileio import sha256_file
 from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
-from training.data.manifest import SPLITS, read_manifest, resolve_image_path
+from training.data.manifest import SPLITS, ManifestRow, read_manifest, resolve_image_path
+from training.data.nih import NIH_FINDING_HEADS, NIH_FINDINGS, read_nih_findings
 from training.distributed import resolve_device
 from training.downstream.artifact import Predictions, save_predictions, start_output
 from training.downstream.config import DownstreamConfig
@@ -33,7 +42,7 @@ from training.downstream.labels import (
     label_matrix,
     policy_summary,
 )
-from training.downstream.metrics import evaluate
+from training.downstream.metrics import BootstrapSettings, evaluate
 from training.downstream.predict import predict_files
 from training.run_folder import peak_memory_mb, write_json
 
@@ -41,11 +50,18 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_classifier(
-    classifier: Path, config: DownstreamConfig, out: Path, *, split: str = "test"
+    classifier: Path,
+    config: DownstreamConfig,
+    out: Path,
+    *,
+    split: str = "test",
+    nih_findings: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``classifier`` on ``split`` of the configured manifest, written to ``out``."""
+    """Metrics of ``classifier`` on ``split`` of the configured manifest, written to ``out``;
+    with ``nih_findings``, also on NIH's own 14 findings (``metrics["nih_findings"]``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    findings = None if nih_findings is None else read_nih_findings(nih_findings)
     if config.data.source == "encoder":
         raise ValueError("evaluate needs --manifest (or data.source=shared), not data.source=encoder")
     started = time.perf_counter()
@@ -69,6 +85,7 @@ def evaluate_classifier(
     rows = random_subset(rows, config.data.max_eval_images, seed=config.seed)
     labels = label_matrix(
         rows,
+        blank=config.labels.blank,
         uncertain=config.labels.uncertain,
         blank_zero_datasets=config.labels.blank_zero_datasets,
         annotated=annotated_labels(all_rows),
@@ -110,7 +127,9 @@ def evaluate_classifier(
             "images": len(keep),
             "undecodable_images_dropped": len(failed),
             "datasets": sorted({r.dataset for r in rows}),
-            "label_policy": policy_summary(config.labels.uncertain, config.labels.blank_zero_datasets),
+            "label_policy": policy_summary(
+                config.labels.blank, config.labels.uncertain, config.labels.blank_zero_datasets
+            ),
         },
         "label_masks": {"test": label_counts(labels)},
         "test": block,
@@ -118,8 +137,90 @@ def evaluate_classifier(
         "seconds": round(time.perf_counter() - started, 1),
         **peak_memory_mb(),
     }
+    if findings is not None:
+        metrics["nih_findings"] = nih_finding_metrics(
+            predictions.probabilities,
+            [rows[i] for i in keep],
+            findings,
+            trained=metadata.trained_labels,
+            split=split,
+            settings=config.metrics.bootstrap(),
+        ) | {"source": str(nih_findings)}
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def nih_finding_metrics(
+    probabilities: np.ndarray,
+    rows: list[ManifestRow],
+    findings: dict[str, frozenset[str]],
+    *,
+    trained: list[str],
+    split: str,
+    settings: BootstrapSettings,
+) -> dict[str, Any]:
+    """AUROC/AUPRC with CIs on NIH's own 14 findings, each scored by its CheXpert head.
+
+    Targets: 1 when the image's NIH ``Finding Labels`` hold the finding, else 0; images whose
+    name is not in ``findings`` are masked. Scores: the probability of the finding's head in
+    ``NIH_FINDING_HEADS`` (Mass and Nodule both by Lung Lesion); a finding without a head, or
+    whose head had no training signal, is not estimable, with that reason.
+    """
+    names = [Path(row.path).name for row in rows]
+    listed = np.asarray([name in findings for name in names], dtype=bool)
+    targets = np.zeros((len(rows), len(NIH_FINDINGS)), dtype=np.float32)
+    scores = np.full((len(rows), len(NIH_FINDINGS)), 0.5, dtype=np.float32)
+    for k, finding in enumerate(NIH_FINDINGS):
+        targets[:, k] = [finding in findings.get(name, ()) for name in names]
+        head = NIH_FINDING_HEADS[finding]
+        if head is not None:
+            scores[:, k] = probabilities[:, LABELS.index(head)]
+    mask = np.repeat(listed[:, None], len(NIH_FINDINGS), axis=1)
+    scored = [f for f in NIH_FINDINGS if NIH_FINDING_HEADS[f] in trained]
+    # metrics.evaluate names its 14 columns by the CheXpert labels; NIH has 14 findings too, so
+    # they are scored column by column and the names put back afterwards
+    positional = dict(zip(NIH_FINDINGS, LABELS, strict=True))
+    block = evaluate(
+        scores,
+        LabelMatrix(targets, mask),
+        split=split,
+        trained=[positional[f] for f in scored],
+        settings=settings,
+    )
+    reasons = {
+        f: "no CheXpert head scores it: needs a classifier trained on NIH's 14 findings"
+        if NIH_FINDING_HEADS[f] is None
+        else f"the classifier's {NIH_FINDING_HEADS[f]} head had no training signal"
+        for f in NIH_FINDINGS
+        if f not in scored
+    }
+    return {
+        "heads": dict(NIH_FINDING_HEADS),
+        "images_with_nih_findings": int(listed.sum()),
+        "images_without_nih_findings": int((~listed).sum()),
+        **_with_finding_names(block, positional, reasons),
+    }
+
+
+def _with_finding_names(
+    block: dict[str, Any], positional: dict[str, str], reasons: dict[str, str]
+) -> dict[str, Any]:
+    """``evaluate``'s block with each column's NIH finding name (and ``reasons`` for the
+    findings that cannot be scored) in place of the CheXpert label it was computed under."""
+    per_label = {}
+    for finding, column in positional.items():
+        entry = dict(block["per_label"][column])
+        if finding in reasons:
+            entry.update(
+                {"status": "not_estimable", "reason": reasons[finding], "auroc": None, "auprc": None}
+            )
+        per_label[finding] = entry
+    by_column = {column: finding for finding, column in positional.items()}
+    macro = dict(block["macro"])
+    macro["labels"] = [by_column[column] for column in macro["labels"]]
+    macro["excluded"] = {by_column[c]: reasons.get(by_column[c], why) for c, why in macro["excluded"].items()}
+    return {**block, "per_label": per_label, "macro": macro}
 
 
 def operating_points(

@@ -1,15 +1,24 @@
 """Manifest labels -> training targets and masks, under a stated policy.
 
 Manifest values: ``1`` present, ``0`` absent, ``-1`` uncertain, blank = not annotated by
-the source (never the same as ``0``). For every image and label this module gives a target
-in {0, 1} and a mask saying whether the pair counts at all:
+the source (never the same as ``0`` in the manifest). For every image and label this module
+gives a target in {0, 1} and a mask saying whether the pair counts at all:
 
 - uncertain (-1): ``zeros`` (the paper's code: counted as absent), ``ones`` (counted as
   present) or ``ignore`` (masked out);
-- blank: masked out of the loss and of every metric. The only exception is opt-in per data
-  set (``blank_zero_datasets``, the paper's treatment of MIMIC-CXR, where a blank means "not
-  mentioned in the report"): there a blank becomes 0, but only for labels that data set
-  annotates somewhere; a label a data set never annotates (NIH's five) stays masked.
+- blank: ``zeros`` (the paper's code, ``fillna(0)``: in MIMIC-CXR's CheXpert file a blank
+  means "not mentioned in the report", and No Finding is only ever 1 or blank, so its
+  negatives are all blanks) or ``masked`` (out of the loss and of every metric; opt back in
+  per data set with ``blank_zero_datasets``).
+
+Two guards keep ``zeros`` from inventing negatives the paper never had: a blank becomes 0
+only for labels the image's data set annotates somewhere (NIH never annotates Fracture, and
+its blanks there stay masked), and an image with no label at all (a MIMIC study absent from
+the CheXpert file, which the paper's inner join dropped) stays entirely masked. On MIMIC the
+result equals the paper's.
+
+Named policies (``policy_name``): ``paper`` = blank zeros + uncertain zeros; ``masked`` =
+blank masked + uncertain zeros; anything else is ``custom``.
 
 A label is *estimable* on a set of images when the masked targets hold at least one
 positive and one negative; otherwise its AUROC and AUPRC are reported as not estimable.
@@ -27,6 +36,7 @@ from cxrmsn.labels import LABELS, NUM_LABELS
 from training.data.manifest import ManifestRow
 
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
+BLANK_POLICIES = ("zeros", "masked")
 
 
 @dataclass(frozen=True)
@@ -51,25 +61,39 @@ def annotated_labels(rows: Sequence[ManifestRow]) -> dict[str, set[int]]:
     return seen
 
 
+def check_policy(blank: str, uncertain: str, blank_zero_datasets: Sequence[str]) -> None:
+    if blank not in BLANK_POLICIES:
+        raise ValueError(f"blank policy must be one of {BLANK_POLICIES}, got {blank!r}")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain policy must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    if blank == "zeros" and blank_zero_datasets:
+        raise ValueError(
+            f"blank_zero_datasets {list(blank_zero_datasets)} only applies with blank=masked "
+            "(with blank=zeros every data set's blanks are already 0)"
+        )
+
+
 def label_matrix(
     rows: Sequence[ManifestRow],
     *,
+    blank: str = "zeros",
     uncertain: str = "zeros",
     blank_zero_datasets: Sequence[str] = (),
     annotated: dict[str, set[int]] | None = None,
 ) -> LabelMatrix:
-    """Targets and mask for ``rows`` (see the module docstring for the policy).
+    """Targets and mask for ``rows`` (see the module docstring for the policy; the defaults
+    are the paper's).
 
     ``annotated`` (from ``annotated_labels`` over the whole manifest) decides which labels a
-    data set annotates for ``blank_zero_datasets``; by default it is computed from ``rows``.
+    data set annotates; by default it is computed from ``rows``.
     """
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise ValueError(f"uncertain policy must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    check_policy(blank, uncertain, blank_zero_datasets)
     annotated = annotated_labels(rows) if annotated is None else annotated
     targets = np.zeros((len(rows), NUM_LABELS), dtype=np.float32)
     mask = np.zeros((len(rows), NUM_LABELS), dtype=bool)
     for i, row in enumerate(rows):
-        blank_is_zero = row.dataset in blank_zero_datasets
+        labelled = any(value is not None for value in row.labels)
+        blank_is_zero = labelled and (blank == "zeros" or row.dataset in blank_zero_datasets)
         for j, value in enumerate(row.labels):
             if value is None:
                 mask[i, j] = blank_is_zero and j in annotated.get(row.dataset, set())
@@ -124,13 +148,29 @@ def raw_value_counts(rows: Sequence[ManifestRow]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def policy_summary(uncertain: str, blank_zero_datasets: Sequence[str]) -> dict[str, Any]:
-    return {
-        "uncertain": uncertain,
-        "blank": "masked out of the loss and of every metric"
-        + (
+def policy_name(blank: str, uncertain: str, blank_zero_datasets: Sequence[str]) -> str:
+    """``paper``, ``masked`` or ``custom`` (see the module docstring)."""
+    if uncertain == "zeros" and blank == "zeros":
+        return "paper"
+    if uncertain == "zeros" and blank == "masked" and not blank_zero_datasets:
+        return "masked"
+    return "custom"
+
+
+def policy_summary(blank: str, uncertain: str, blank_zero_datasets: Sequence[str]) -> dict[str, Any]:
+    if blank == "zeros":
+        blank_text = (
+            "0 (the paper's code) for labels the image's data set annotates somewhere; masked for "
+            "labels it never annotates and on images without any label"
+        )
+    else:
+        blank_text = "masked out of the loss and of every metric" + (
             f", except in {list(blank_zero_datasets)} where a blank is 0 for labels that data set annotates"
             if blank_zero_datasets
             else ""
-        ),
+        )
+    return {
+        "name": policy_name(blank, uncertain, blank_zero_datasets),
+        "uncertain": uncertain,
+        "blank": blank_text,
     }

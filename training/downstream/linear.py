@@ -4,8 +4,8 @@ A linear layer on the CLS embedding, sigmoid + binary cross-entropy over the (im
 pairs the label mask keeps (mean over those pairs in the batch). Adam, batch 64, at most 50
 epochs. Runs (REFERENCE section 1): lr 1e-3, 5e-4, 1e-4 with cosine annealing over the
 maximum number of epochs and early stopping on the validation macro AUROC (patience 5, min
-delta 1e-4); lr 5e-4, 1e-4 with ReduceLROnPlateau on the validation macro AUROC (factor 0.1,
-patience 10: torch's defaults, the paper gives none) and no early stopping. Each run keeps
+delta 1e-4); lr 5e-4, 1e-4 with ReduceLROnPlateau on the validation macro AUROC (factor 0.5,
+patience 3, as the paper's code) and no early stopping. Each run keeps
 the head of its best validation epoch; the selected run is the one with the highest best
 validation macro AUROC (the first of equals). Every run starts from the same seeded head and
 batch order, so the runs differ only in their schedule.

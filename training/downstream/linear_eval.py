@@ -50,7 +50,7 @@ def linear_eval(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict
     """Run the protocol into ``out``; returns the metrics also written to metrics.json."""
     started = time.perf_counter()
     start_output(out, config)
-    encoder = load_encoder(encoder_path)
+    encoder = load_encoder(encoder_path, config.augment.eval_view)
     data = prepare_data(config, resolve_manifest(config, out, encoder.metadata))
     device = resolve_device(config.device)
     embeddings = embed_splits(encoder, data, config, device)
@@ -93,6 +93,7 @@ def linear_eval(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict
                 "degrees": config.augment.degrees,
                 "translate": config.augment.translate,
                 "scale": list(config.augment.scale),
+                "eval_view": config.augment.eval_view,
             },
             "pretraining_overlap": pretraining_overlap(encoder.metadata, data),
         },

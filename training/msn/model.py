@@ -23,17 +23,25 @@ from training.msn.head import ProjectionHead
 from training.msn.masking import drop_patches
 
 
-def encode_cls(
+def encode_tokens(
     encoder: VisionTransformer, images: torch.Tensor, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """CLS embedding [B, D] of ``images`` [B, 3, H, W]; ``keep`` [B, n] drops the other patches."""
+    """Tokens after the final norm [B, prefix + n, D]; ``keep`` [B, n] drops the other patches
+    after the position embeddings were added (so the kept ones keep their positions)."""
     tokens = encoder.patch_embed(images)
     tokens = encoder._pos_embed(tokens)
     if keep is not None:
         tokens = drop_patches(tokens, keep, num_prefix_tokens=encoder.num_prefix_tokens)
     tokens = encoder.norm_pre(tokens)
-    tokens = encoder.norm(encoder.blocks(tokens))
-    cls: torch.Tensor = encoder.forward_head(tokens, pre_logits=True)
+    result: torch.Tensor = encoder.norm(encoder.blocks(tokens))
+    return result
+
+
+def encode_cls(
+    encoder: VisionTransformer, images: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CLS embedding [B, D] of ``images`` [B, 3, H, W]; ``keep`` [B, n] drops the other patches."""
+    cls: torch.Tensor = encoder.forward_head(encode_tokens(encoder, images, keep), pre_logits=True)
     return cls
 
 

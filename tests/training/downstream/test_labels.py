@@ -1,4 +1,6 @@
-"""Label policy: uncertain labels, blanks never negative, estimability and its reasons."""
+"""Label policy: uncertain labels, blanks (masked, or 0 as the paper), estimability and its reasons.
+
+The paper's policy against a MIMIC-like fixture is in test_paper_protocol_downstream.py."""
 
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ def test_uncertain_policy(policy: str, target: float, counted: bool) -> None:
     assert matrix.targets[0, ATEL] == 1 and matrix.mask[0, ATEL]  # certain values are untouched
 
 
-def test_blanks_are_masked_never_negative() -> None:
-    matrix = label_matrix(ROWS)
+def test_masked_blanks_are_never_negative() -> None:
+    matrix = label_matrix(ROWS, blank="masked")
     assert not matrix.mask[1, CARDIO] and not matrix.mask[:, FRACTURE].any()
     counts = label_counts(matrix)
     assert counts["Fracture"] == {"counted": 0, "positives": 0, "negatives": 0}
@@ -51,7 +53,7 @@ def test_blanks_are_masked_never_negative() -> None:
 
 
 def test_blank_zero_datasets_only_for_labels_that_data_set_annotates() -> None:
-    matrix = label_matrix(ROWS, blank_zero_datasets=("mimic",))
+    matrix = label_matrix(ROWS, blank="masked", blank_zero_datasets=("mimic",))
     assert matrix.mask[1, CARDIO] and matrix.targets[1, CARDIO] == 0  # mimic annotates Cardiomegaly
     assert not matrix.mask[:2, FRACTURE].any()  # mimic never annotates Fracture: still masked
     assert not matrix.mask[2, FRACTURE]  # nih is not listed
@@ -73,4 +75,8 @@ def test_estimable_and_reasons() -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="uncertain policy"):
         label_matrix(ROWS, uncertain="maybe")
+    with pytest.raises(ValueError, match="blank policy"):
+        label_matrix(ROWS, blank="maybe")
+    with pytest.raises(ValueError, match="only applies with blank=masked"):
+        label_matrix(ROWS, blank="zeros", blank_zero_datasets=("mimic",))
     assert np.all(label_matrix([]).targets.shape == (0, NUM_LABELS))

@@ -91,7 +91,7 @@ def test_raw_features_leave_the_head_unchanged() -> None:
     state = {"weight": torch.randn(3, 4), "bias": torch.randn(3)}
     folded = scaling.fold(state)
     assert torch.equal(folded["weight"], state["weight"]) and torch.equal(folded["bias"], state["bias"])
-    with pytest.raises(ValueError, match="head.features"):
+    with pytest.raises(ValueError, match=r"head\.features"):
         HeadConfig(features="whitened")
 
 
@@ -108,7 +108,9 @@ def test_logistic_solver_selects_c_on_validation_and_folds() -> None:
     head.load_state_dict(best.state)
     with torch.no_grad():
         probabilities = torch.sigmoid(head(torch.from_numpy(valid))).numpy()
-    assert macro_auroc(probabilities, valid_labels, [0]) == pytest.approx(best.best_valid_macro_auroc, abs=1e-4)
+    assert macro_auroc(probabilities, valid_labels, [0]) == pytest.approx(
+        best.best_valid_macro_auroc, abs=1e-4
+    )
     assert np.allclose(probabilities[:, 1:], 0.5)  # labels without training pairs: a zero row
-    with pytest.raises(ValueError, match="head.solver"):
+    with pytest.raises(ValueError, match=r"head\.solver"):
         HeadConfig(solver="sgd")

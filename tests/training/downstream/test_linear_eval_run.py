@@ -80,8 +80,8 @@ def test_classifier_checkpoint_is_what_export_needs(run: Path) -> None:
 
     gate = build_gate(metadata, run / "elsewhere.safetensors", run_metrics=None, min_auroc_lower_bound=0.5)
     assert gate.status == "evaluated" and gate.source == {"kind": "checkpoint metadata"}
-    assert metadata.preprocessing == {
-        "resize": 224,
+    assert metadata.preprocessing == {  # the paper's eval view: resize 256, centre-crop 224
+        "resize": 256,
         "crop": 224,
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],

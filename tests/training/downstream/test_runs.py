@@ -23,7 +23,7 @@ from training.__main__ import main
 from training.data.chexpert import build_chexpert
 from training.data.manifest import write_manifest
 from training.downstream.compare import compare_runs
-from training.downstream.config import FinetuneConfig
+from training.downstream.config import FinetuneConfig, LabelConfig
 from training.downstream.evaluate import evaluate_classifier
 from training.downstream.finetune import finetune
 from training.downstream.linear_eval import linear_eval
@@ -84,13 +84,20 @@ def chexpert_root(folder: Path) -> Path:
 def test_external_validation_on_a_chexpert_format_test_set(linear_run: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "chexpert.csv"
     write_manifest(manifest, build_chexpert(chexpert_root(tmp_path), valid_fraction=0.25, seed=0))
-    config = small_config(manifest, tmp_path / "cache")
+    paper = small_config(manifest, tmp_path / "cache")
+    config = replace(paper, labels=LabelConfig(blank="masked"))
     metrics = evaluate_classifier(linear_run / "classifier.safetensors", config, tmp_path / "external")
     test = metrics["test"]
     assert metrics["protocol"] == "external" and test["images"] == 10
-    assert test["macro"]["labels"] == ["Cardiomegaly"]  # No Finding has no negatives: blanks are not 0
+    assert metrics["data"]["label_policy"]["name"] == "masked"
+    assert test["macro"]["labels"] == ["Cardiomegaly"]  # masked: No Finding has no negatives
     assert test["per_label"]["No Finding"]["reason"] == "no negatives in the test split"
     assert test["per_label"]["Edema"]["counted"] == 1  # the one uncertain image, as 0
+    # the paper's policy: blanks of the labels CheXpert annotates are 0, so No Finding has negatives
+    as_paper = evaluate_classifier(linear_run / "classifier.safetensors", paper, tmp_path / "external-paper")
+    assert as_paper["data"]["label_policy"]["name"] == "paper"
+    assert as_paper["test"]["macro"]["labels"] == ["Cardiomegaly", "No Finding"]
+    assert as_paper["test"]["per_label"]["Edema"]["counted"] == 10
     assert test["per_label"]["Cardiomegaly"]["auroc"]["value"] > 0.8
     point = metrics["operating_points"]["Cardiomegaly"]
     assert (
