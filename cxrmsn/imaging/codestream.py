@@ -130,3 +130,67 @@ def _jp2_codestream(data: bytes) -> bytes | None:
             return data[pos + header : pos + length]
         pos += length
     return None
+
+
+@dataclass(frozen=True)
+class J2KCoding:
+    """What a JPEG 2000 main header says about decoding at a reduced resolution."""
+
+    precision: int  # bits per sample of component 0 (Ssiz)
+    signed: bool
+    x_offset: int  # XOsiz, YOsiz: the image's origin on the reference grid
+    y_offset: int
+    levels: int  # the fewest wavelet decomposition levels COD or a COC declares
+
+
+_COD, _COC, _SOT, _SOD = 0x52, 0x53, 0x90, 0x93
+#: Main-header marker segments read before giving up (real headers hold a handful).
+MAX_J2K_MAIN_SEGMENTS = 256
+
+
+def j2k_coding(data: bytes) -> J2KCoding | None:
+    """Precision, signedness, image offset and decomposition levels from a J2K main header.
+
+    Reads SIZ and the COD and COC segments up to the first tile-part (SOT); None when any
+    is missing or malformed (the caller then decodes at full resolution). Tile-part headers
+    may declare fewer levels: a decode that asks for too many fails, and the caller falls
+    back to the full decode.
+    """
+    codestream = _jp2_codestream(data) if data.startswith(_JP2_SIGNATURE) else data
+    if codestream is None or j2k_frame_header(codestream) is None:
+        return None
+    lsiz, _, _, _, xosiz, yosiz, *_, csiz = _SIZ_FIELDS.unpack_from(codestream, 4)
+    ssiz = codestream[4 + 38]  # component 0's Ssiz, after the 38 bytes of fixed SIZ fields
+    levels: int | None = None
+    pos = 4 + lsiz
+    for _ in range(MAX_J2K_MAIN_SEGMENTS):
+        if pos + 4 > len(codestream) or codestream[pos] != 0xFF:
+            return None
+        marker, length = codestream[pos + 1], int.from_bytes(codestream[pos + 2 : pos + 4], "big")
+        if marker in (_SOT, _SOD):
+            break
+        segment = codestream[pos + 4 : pos + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        found = _declared_levels(marker, segment, csiz)
+        if found is not None:
+            levels = found if levels is None else min(levels, found)
+        pos += 2 + length
+    else:
+        return None
+    if levels is None:
+        return None
+    return J2KCoding(
+        precision=(ssiz & 0x7F) + 1, signed=bool(ssiz & 0x80), x_offset=xosiz, y_offset=yosiz, levels=levels
+    )
+
+
+def _declared_levels(marker: int, segment: bytes, components: int) -> int | None:
+    """The decomposition levels a COD (Scod, SGcod, SPcod) or COC (Ccoc, Scoc, SPcoc) declares."""
+    if marker == _COD and len(segment) >= 6:
+        return segment[5]
+    if marker == _COC:
+        index = 2 if components >= 257 else 1  # Ccoc is 2 bytes when Csiz >= 257
+        if len(segment) >= index + 2:
+            return segment[index + 1]
+    return None

@@ -26,6 +26,7 @@ from cxrmsn.errors import (
     NotSingleGreyImageError,
     UnsupportedFormatError,
 )
+from cxrmsn.imaging import reduced
 from cxrmsn.imaging.checks import (
     check_declared_size,
     check_finite,
@@ -34,9 +35,10 @@ from cxrmsn.imaging.checks import (
     echo,
     non_finite_error,
 )
-from cxrmsn.imaging.codestream import FrameHeader, j2k_frame_header, jpeg_frame_headers
+from cxrmsn.imaging.codestream import FrameHeader, j2k_coding, j2k_frame_header, jpeg_frame_headers
 from cxrmsn.imaging.deflate import inflate_if_deflated
 from cxrmsn.imaging.jpeg import check_scan_length
+from cxrmsn.imaging.reduced import Extent
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -48,6 +50,9 @@ _HUFFMAN_JPEG_SYNTAXES = (
     pydicom.uid.JPEGLosslessSV1,
 )
 _JPEG_FAMILY = (*pydicom.uid.JPEGTransferSyntaxes, *pydicom.uid.JPEGLSTransferSyntaxes)
+# Syntaxes a reduced-resolution decode can serve (``reduced``); JPEG Extended only at 8 bits.
+_REDUCIBLE_J2K = (pydicom.uid.JPEG2000Lossless, pydicom.uid.JPEG2000)
+_REDUCIBLE_JPEG = (pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _UID_CHARACTERS = frozenset("0123456789.")
 _UID_MAX_LENGTH = 64
@@ -67,15 +72,17 @@ logging.getLogger("pydicom").addFilter(_DropRecords())
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 
-def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
+def decode_dicom(data: bytes, limits: DecodeLimits, target: int | None = None) -> DecodedImage:
+    """``target``: decode at a reduced resolution whose shorter side stays >= ``target`` px
+    where the syntax allows (``reduced``); None: full resolution."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = _read_dataset(data, limits)
         _check_is_single_grey_image(ds, limits)
-        stored = _decode_pixels(ds, limits)
+        stored, factor, extent = _decode_pixels(ds, limits, target)
         image, notes = _to_display(stored, ds)
     check_not_blank(image)
-    return DecodedImage(pixels=image, info=_info(ds, image, notes))
+    return DecodedImage(pixels=image, info=_info(ds, image, notes, factor), extent=extent)
 
 
 def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
@@ -121,7 +128,10 @@ def _check_is_single_grey_image(ds: Dataset, limits: DecodeLimits) -> None:
     check_declared_size(_int_or(ds, "Columns", 0), _int_or(ds, "Rows", 0), limits)
 
 
-def _decode_pixels(ds: Dataset, limits: DecodeLimits) -> np.ndarray:
+def _decode_pixels(
+    ds: Dataset, limits: DecodeLimits, target: int | None
+) -> tuple[np.ndarray, int, Extent | None]:
+    """(stored values, reduction factor, extent on them when reduced) after the header checks."""
     syntax = _transfer_syntax(ds)
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
@@ -136,7 +146,11 @@ def _decode_pixels(ds: Dataset, limits: DecodeLimits) -> np.ndarray:
     if decoder.is_native:
         _check_native_length(ds)
     else:
-        _check_encoded_frames(ds, syntax, limits)
+        frames = _check_encoded_frames(ds, syntax, limits)
+        if target is not None and len(frames) == 1:
+            found = _decode_reduced(ds, syntax, frames[0], target)
+            if found is not None:
+                return found
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # codec errors come as RuntimeError, ValueError, ...
@@ -148,7 +162,50 @@ def _decode_pixels(ds: Dataset, limits: DecodeLimits) -> np.ndarray:
             f"decoded pixel data has shape {pixels.shape}, not one 2-D image",
             code="not_greyscale",
         )
-    return pixels
+    return pixels, 1, None
+
+
+def _decode_reduced(
+    ds: Dataset, syntax: UID, frame: bytes, target: int
+) -> tuple[np.ndarray, int, Extent] | None:
+    """The frame decoded at a reduced resolution, or None: decode it at full resolution instead.
+
+    None where no reduction keeps ``target`` px, where the codestream's sample format is not
+    the one the DICOM header declares, where the display scales by the image's own value
+    range, and where the reduced decode fails (the full decode then gives the file's real
+    result: pixels or its error).
+    """
+    rows, columns = _int_or(ds, "Rows", 0), _int_or(ds, "Columns", 0)
+    bits_stored = _int_or(ds, "BitsStored", 0)
+    signed = _int_or(ds, "PixelRepresentation", 0) == 1
+    try:
+        if _display_uses_value_range(ds):
+            return None
+        if syntax in _REDUCIBLE_J2K:
+            coding = j2k_coding(frame)
+            if coding is None or coding.precision != bits_stored or coding.signed != signed:
+                return None
+            levels = reduced.j2k_levels(columns, rows, target, coding)
+            if levels == 0 or coding.precision > 16:
+                return None
+            factor = 1 << levels
+            expected = (-(-columns // factor), -(-rows // factor))
+            stored = reduced.decode_j2k(frame, levels, coding, expected)
+            return stored, factor, reduced.j2k_extent(columns, rows, factor)
+        if syntax in _REDUCIBLE_JPEG and bits_stored == 8 and not signed:
+            image = reduced.open_jpeg(frame)
+            if image.mode != "L" or image.bits != 8 or image.size != (columns, rows):
+                return None
+            factor = reduced.draft_jpeg(image, target)
+            if factor == 1:
+                return None
+            image.load()
+            return np.asarray(image), factor, reduced.jpeg_extent(columns, rows, factor)
+    except MemoryError:
+        raise
+    except Exception:  # a malformed LUT, or OpenJPEG or libjpeg refused the data:
+        return None  # the full decode reports it, in the order it always has
+    return None
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -175,16 +232,21 @@ def _check_native_length(ds: Dataset) -> None:
         )
 
 
-def _check_encoded_frames(ds: Dataset, syntax: UID, limits: DecodeLimits) -> None:
-    """Check each frame's codestream header before a codec allocates what it declares."""
+def _check_encoded_frames(ds: Dataset, syntax: UID, limits: DecodeLimits) -> list[bytes]:
+    """Check each frame's codestream header before a codec allocates what it declares.
+
+    Returns the frames, as pydicom's decoder splits them.
+    """
     rows, columns = _int_or(ds, "Rows", 0), _int_or(ds, "Columns", 0)
     samples = _int_or(ds, "SamplesPerPixel", 1)
-    for frame in _encoded_frames(ds):
+    frames = _encoded_frames(ds)
+    for frame in frames:
         kind, headers = _frame_headers(frame, syntax)
         for header in headers:
             check_frame_header(header, rows=rows, columns=columns, samples=samples, limits=limits, what=kind)
         if syntax in _HUFFMAN_JPEG_SYNTAXES:
             check_scan_length(frame, "DICOM JPEG")
+    return frames
 
 
 def _encoded_frames(ds: Dataset) -> list[bytes]:
@@ -232,6 +294,24 @@ def _to_display(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         image = 1.0 - image
     return np.clip(image, 0.0, 1.0, out=image).astype(np.float32, copy=False), notes
+
+
+def _display_uses_value_range(ds: Dataset) -> bool:
+    """True when ``_to_display`` scales by the image's own minimum and maximum (``_min_max``).
+
+    Those extremes are single pixels (noise, markers, the wavelet's ringing at an edge) that
+    a reduced decode averages away or overshoots: the contrast of the whole image would
+    change (measured: a mean model-input difference of 0.2 on the 966 chest DX without its
+    window), so such files are decoded at full resolution. Mirrors ``_apply_window`` and
+    ``_without_window``.
+    """
+    if _has_voi_lut(ds):
+        return False
+    window = _first_window(ds)
+    if window is None:
+        return not (_int_or(ds, "BitsStored", 16) <= 8 and _stored_values_unchanged(ds))
+    function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+    return function not in ("SIGMOID", "LINEAR_EXACT") and window[1] < 1.0
 
 
 def _modality_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -387,7 +467,9 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
+def _info(ds: Dataset, image: np.ndarray, notes: list[str], factor: int = 1) -> ImageInfo:
+    """``factor`` > 1: ``image`` was decoded at a reduced resolution; the size reported is
+    Columns x Rows, which the codestream's own header was checked to match."""
     modality = _str_or_none(ds, "Modality")
     warnings_out = list(notes)
     if modality not in RADIOGRAPH_MODALITIES:
@@ -398,8 +480,8 @@ def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
         )
     return ImageInfo(
         format="dicom",
-        width=int(image.shape[1]),
-        height=int(image.shape[0]),
+        width=int(image.shape[1]) if factor == 1 else _int_or(ds, "Columns", 0),
+        height=int(image.shape[0]) if factor == 1 else _int_or(ds, "Rows", 0),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
         bits_stored=_int_or(ds, "BitsStored", _int_or(ds, "BitsAllocated", 0)),
         modality=echo(modality) if modality else None,
@@ -409,6 +491,7 @@ def _info(ds: Dataset, image: np.ndarray, notes: list[str]) -> ImageInfo:
         series_instance_uid=_uid_or_none(ds, "SeriesInstanceUID"),
         sop_instance_uid=_uid_or_none(ds, "SOPInstanceUID"),
         warnings=tuple(warnings_out),
+        decode_reduction=factor,
     )
 
 

@@ -2,6 +2,7 @@
 
 8- and 16-bit grey, RGB, RGBA, LA and palette images; EXIF orientation applied.
 The declared size is checked against the pixel limit before any pixel is decoded.
+With a ``target`` side, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (``reduced``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from cxrmsn.errors import CorruptInputError, ImageTooLargeError
+from cxrmsn.imaging import reduced
 from cxrmsn.imaging.checks import check_declared_size, check_not_blank
 from cxrmsn.imaging.jpeg import check_scan_length
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
@@ -22,26 +24,38 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_raster(data: bytes, fmt: str, limits: DecodeLimits) -> DecodedImage:
+def decode_raster(data: bytes, fmt: str, limits: DecodeLimits, target: int | None = None) -> DecodedImage:
+    """``target``: decode a JPEG at a reduced scale whose shorter side stays >= ``target`` px."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = _open(data, fmt)
         check_declared_size(image.width, image.height, limits)
         if fmt == "jpeg":
             check_scan_length(data)
+        size, factor, orientation = image.size, 1, 1
+        if target is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
+            orientation = _orientation(image)
+            image, factor = _draft(image, data, target)
+        reduced_size = image.size
         image = _load_oriented(image, fmt)
     pixels, photometric, bits, notes = _to_grey(image)
     check_declared_size(pixels.shape[1], pixels.shape[0], limits)
     check_not_blank(pixels)
+    width, height = int(pixels.shape[1]), int(pixels.shape[0])
+    extent = None
+    if factor > 1:
+        width, height = size[::-1] if reduced.swaps_sides(orientation) else size
+        extent = reduced.oriented_extent(reduced.jpeg_extent(*size, factor), reduced_size, orientation)
     info = ImageInfo(
         format=fmt,
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        width=width,
+        height=height,
         photometric=photometric,
         bits_stored=bits,
         warnings=tuple(notes),
+        decode_reduction=factor,
     )
-    return DecodedImage(pixels=pixels, info=info)
+    return DecodedImage(pixels=pixels, info=info, extent=extent)
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:
@@ -51,6 +65,24 @@ def _open(data: bytes, fmt: str) -> Image.Image:
         raise ImageTooLargeError(f"the {fmt.upper()} header declares too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CorruptInputError(f"the {fmt.upper()} header cannot be read ({type(exc).__name__})") from None
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation ``ImageOps.exif_transpose`` will apply (1 when none or unreadable)."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a broken EXIF block: exif_transpose meets it later and says so
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _draft(image: JpegImagePlugin.JpegImageFile, data: bytes, target: int) -> tuple[Image.Image, int]:
+    """(the image set to decode scaled, the factor) by ``reduced.draft_jpeg``; where that
+    fails, the file opened afresh and 1 (full resolution)."""
+    try:
+        return image, reduced.draft_jpeg(image, target)
+    except Exception:  # Pillow refused or misapplied the draft
+        return _open(data, "jpeg"), 1
 
 
 def _load_oriented(image: Image.Image, fmt: str) -> Image.Image:

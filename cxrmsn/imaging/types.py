@@ -44,6 +44,9 @@ class ImageInfo:
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: 1: decoded at full resolution; 2, 4, 8 ...: decoded at 1/factor of ``width`` and
+    #: ``height`` (JPEG 2000 resolution levels, JPEG DCT scaling), which stay the image's size.
+    decode_reduction: int = 1
 
     def to_dict(self) -> dict[str, object]:
         info = asdict(self)
@@ -55,5 +58,11 @@ class ImageInfo:
 class DecodedImage:
     """A grey-scale image as float32 in [0, 1], 0 black and 1 white (bone bright)."""
 
-    pixels: np.ndarray  # float32, shape (height, width)
+    pixels: np.ndarray  # float32, shape (height, width), or smaller when decoded reduced
     info: ImageInfo
+    #: With a reduced decode (``info.decode_reduction`` > 1): the region (left, top, right,
+    #: bottom) of ``pixels``, in its pixel units, that the whole image covers. It can differ
+    #: from the array's bounds by under a pixel (the codec's sample grid and rounding up);
+    #: ``cxrmsn.preprocess.preprocess(pixels, config, extent=extent)`` resamples from it so
+    #: the model input lines up with the full-resolution path's. None at full resolution.
+    extent: tuple[float, float, float, float] | None = None
