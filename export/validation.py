@@ -46,10 +46,10 @@ def read_validation_manifest(
     images, labels = [], []
     for number, (image_path, row_labels) in enumerate(rows, start=2):
         try:
-            decoded = decode(image_path.read_bytes())
+            decoded = decode(image_path.read_bytes(), min_size=config.decode_min_side())  # as serving
         except (OSError, DecodeError) as exc:
             raise ValueError(f"{csv_path} line {number}: cannot read image {image_path}: {exc}") from None
-        images.append(preprocess(decoded.pixels, config))
+        images.append(preprocess(decoded.pixels, config, extent=decoded.extent))
         labels.append(row_labels)
     return EvaluationSet(
         images=np.stack(images).astype(np.float32, copy=False),

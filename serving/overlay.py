@@ -15,7 +15,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from cxrmsn.preprocess import PreprocessConfig, resize_and_crop
+from cxrmsn.preprocess import Extent, PreprocessConfig, resize_and_crop
 
 # Anchor colours of a perceptually ordered dark-red-yellow-white map (like "inferno").
 _ANCHORS = np.array(
@@ -34,13 +34,14 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return _ANCHORS[low] * (1 - fraction) + _ANCHORS[low + 1] * fraction
 
 
-def model_view(grey: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
+def model_view(grey: np.ndarray, preprocessing: PreprocessConfig, extent: Extent | None = None) -> np.ndarray:
     """The model's input pixels (its resize and centre crop) at ``OVERLAY_SIDE`` pixels, in [0, 1].
 
     Enlarged with nearest neighbour (a crop larger than ``OVERLAY_SIDE`` is shrunk with a box
     filter), so what is shown is what the model saw, not a sharper rendering of the source.
+    ``extent``: ``DecodedImage.extent`` of a reduced decode.
     """
-    seen = resize_and_crop(grey, preprocessing)
+    seen = resize_and_crop(grey, preprocessing, extent=extent)
     if seen.shape == (OVERLAY_SIDE, OVERLAY_SIDE):
         return seen
     resample = Image.Resampling.NEAREST if preprocessing.crop < OVERLAY_SIDE else Image.Resampling.BOX
@@ -50,14 +51,16 @@ def model_view(grey: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
     return np.asarray(shown, dtype=np.float32)
 
 
-def overlay_rgb(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
+def overlay_rgb(
+    grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig, extent: Extent | None = None
+) -> np.ndarray:
     """The model's view with attention blended over it: uint8 [side, side, 3].
 
     ``grey`` is the decoded image in [0, 1]; ``attention`` the [gh, gw] map on the model's
     patch grid, upsampled (bicubic) over the whole view: cell (i, j) covers the view's rows
     ``[i, i + 1) * side / gh`` and columns ``[j, j + 1) * side / gw``.
     """
-    background = model_view(grey, preprocessing)
+    background = model_view(grey, preprocessing, extent)
     peak = float(attention.max())
     heat = attention / peak if peak > 0 else attention
     heat_image = Image.fromarray(heat.astype(np.float32), mode="F").resize(
@@ -78,5 +81,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_png(grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig) -> bytes:
-    return png_bytes(overlay_rgb(grey, attention, preprocessing))
+def overlay_png(
+    grey: np.ndarray, attention: np.ndarray, preprocessing: PreprocessConfig, extent: Extent | None = None
+) -> bytes:
+    return png_bytes(overlay_rgb(grey, attention, preprocessing, extent))

@@ -134,8 +134,8 @@ def prepare_image(data: bytes, preprocessing: PreprocessConfig) -> PreparedImage
 
     A top-level function (no model needed) so that ``serving.decode_pool`` workers run it.
     """
-    decoded = decode(data)
-    return PreparedImage(decoded, preprocess(decoded.pixels, preprocessing))
+    decoded = decode(data, min_size=preprocessing.decode_min_side())  # reduced where the codec can
+    return PreparedImage(decoded, preprocess(decoded.pixels, preprocessing, extent=decoded.extent))
 
 
 class Predictor:
@@ -240,10 +240,10 @@ class Predictor:
             "warnings": warnings,
         }
         if overlay:
-            png = overlay_png(prepared.decoded.pixels, attention, self.preprocessing)
+            png = overlay_png(prepared.decoded.pixels, attention, self.preprocessing, prepared.decoded.extent)
             result["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
         if image:
-            view = png_bytes(model_view(prepared.decoded.pixels, self.preprocessing))
+            view = png_bytes(model_view(prepared.decoded.pixels, self.preprocessing, prepared.decoded.extent))
             result["image_png_base64"] = base64.b64encode(view).decode("ascii")
         return result
 
@@ -266,7 +266,9 @@ class Predictor:
         if "sr" in parts:
             datasets["sr"] = dicom_output.structured_report(source, result, dict(self.manifest.thresholds))
         if "sc" in parts:
-            pixels = overlay_rgb(prepared.decoded.pixels, attention, self.preprocessing)
+            pixels = overlay_rgb(
+                prepared.decoded.pixels, attention, self.preprocessing, prepared.decoded.extent
+            )
             datasets["sc"] = dicom_output.overlay_capture(source, pixels, result)
         return {part: dicom_output.to_bytes(dataset) for part, dataset in datasets.items()}
 

@@ -45,6 +45,11 @@ class InputInfo(BaseModel):
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
     warnings: list[str] = Field(default_factory=list, description="what the decoder changed or assumed")
+    decode_reduction: int = Field(
+        default=1,
+        description="1: decoded at full size; k > 1: the codec decoded at 1/k of each side (JPEG 2000 "
+        "resolution levels, JPEG DCT scaling), still at least twice the model's resize",
+    )
 
 
 class PredictResponse(BaseModel):

@@ -71,7 +71,7 @@ from training.monitor import (
     probe_auroc,
 )
 from training.pretrain_data import PretrainData, prepare_data
-from training.run_folder import CsvLog, code_version, peak_memory_mb, write_json
+from training.run_folder import ENCODER_FILES, CsvLog, code_version, peak_memory_mb, write_json
 from training.train_step import KEPT_WEIGHTS, TrainParts, build_parts, train_step
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,6 @@ METHOD_STATS = {
     "dino": ("loss", "cross_entropy", "mean_entropy", "target_max", "agreement"),
     "mae": ("loss",),
 }
-ENCODER_FILES = {"last": "encoder.safetensors", "best_loss": "encoder_best_loss.safetensors"}
 EPOCH_COLUMNS = (
     "epoch",
     "loss",

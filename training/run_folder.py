@@ -19,6 +19,10 @@ from cxrmsn.fileio import atomic_write_text
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+#: A pretraining run's encoder files (checkpoints/): the last epoch's and the best training-loss epoch's.
+ENCODER_FILES = {"last": "encoder.safetensors", "best_loss": "encoder_best_loss.safetensors"}
+
+
 def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 

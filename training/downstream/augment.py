@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from cxrmsn.preprocess import PreprocessConfig, normalise, preprocess
+from cxrmsn.preprocess import Extent, PreprocessConfig, normalise, preprocess
 from training.downstream.config import AugmentConfig
 
 PAPER_RESIZE, PAPER_CROP = 256, 224  # the paper's linear-evaluation Resize and CenterCrop
@@ -46,9 +46,10 @@ def eval_preprocessing(pretraining: PreprocessConfig, view: str = "paper") -> Pr
     return replace(pretraining, resize=round(pretraining.crop * PAPER_RESIZE / PAPER_CROP))
 
 
-def plain_view(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Grey float32 [H, W] in [0, 1] -> float32 [3, crop, crop]: exactly the inference input."""
-    return preprocess(pixels, config)
+def plain_view(pixels: np.ndarray, config: PreprocessConfig, extent: Extent | None = None) -> np.ndarray:
+    """Grey float32 [H, W] in [0, 1] -> float32 [3, crop, crop]: exactly the inference input
+    (``extent``: ``DecodedImage.extent`` of a reduced decode, as serving passes it)."""
+    return preprocess(pixels, config, extent=extent)
 
 
 def resize_shorter_side(pixels: np.ndarray, side: int) -> np.ndarray:

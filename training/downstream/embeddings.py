@@ -35,9 +35,10 @@ from cxrmsn.preprocess import PreprocessConfig
 from training.downstream.augment import eval_preprocessing
 from training.downstream.config import AugmentConfig
 from training.downstream.images import FileViews, collate_views
+from training.run_folder import ENCODER_FILES
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images decoded at reduced resolution where the codec can (issue 18)
 
 
 @dataclass
@@ -55,10 +56,11 @@ class Encoder:
         return eval_preprocessing(self.metadata.preprocess_config, self.eval_view)
 
 
-def resolve_encoder_path(path: Path) -> Path:
-    """A checkpoint file, or a pretraining run folder (its checkpoints/encoder.safetensors)."""
+def resolve_encoder_path(path: Path, weights: str = "last") -> Path:
+    """A checkpoint file, or a pretraining run folder: its last epoch's encoder, or with
+    ``weights="best_loss"`` the best training-loss epoch's (``ENCODER_FILES``)."""
     if path.is_dir():
-        path = path / "checkpoints" / "encoder.safetensors"
+        path = path / "checkpoints" / ENCODER_FILES[weights]
     if not path.is_file():
         raise ValueError(f"no encoder checkpoint at {path}")
     return path

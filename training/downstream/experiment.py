@@ -165,7 +165,7 @@ def _timing(folder: Path) -> dict[str, Any]:
 
 def encoder_file(pretrain_dir: Path, weights: str) -> Path:
     """The encoder checkpoint of a pretraining run: the last epoch's or the best-loss one."""
-    from training.pretrain import ENCODER_FILES
+    from training.run_folder import ENCODER_FILES
 
     return pretrain_dir / "checkpoints" / ENCODER_FILES[weights]
 

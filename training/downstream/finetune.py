@@ -97,7 +97,7 @@ def finetune(
         raise ValueError(f"{out} already holds results (summary.json): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", _to_dict(config))
-    encoder = load_encoder(encoder_path)
+    encoder = load_encoder(encoder_path, config.augment.eval_view)
     manifest = resolve_manifest(config, out, encoder.metadata)
     rows = []
     for fraction in config.finetune.fractions:
@@ -132,7 +132,7 @@ def finetune_fraction(
     started = time.perf_counter()
     specs = finetune_runs(config, runs)
     start_output(out, config)
-    encoder = load_encoder(encoder_path)
+    encoder = load_encoder(encoder_path, config.augment.eval_view)
     data = prepare_data(config, manifest)
     device = resolve_device(config.device)
     images, indices = _cache(encoder, data, config)

@@ -51,10 +51,13 @@ class FileViews(Dataset[Item]):
 
     def __getitem__(self, index: int) -> Item:
         try:
-            pixels = decode(self.paths[index].read_bytes()).pixels
+            # reduced where the codec can, as serving decodes (the augmented views ignore the
+            # sub-pixel extent: their random affine moves far more)
+            decoded = decode(self.paths[index].read_bytes(), min_size=self.config.decode_min_side())
         except (DecodeError, OSError):
             return index, torch.zeros(0, 3, self.config.crop, self.config.crop)
-        views = [plain_view(pixels, self.config)]
+        pixels = decoded.pixels
+        views = [plain_view(pixels, self.config, decoded.extent)]
         if self.augment is not None:
             views += [
                 training_view(pixels, self.config, self.augment, view_rng(self.seed, index, copy))

@@ -27,7 +27,6 @@ plain view and its cached augmented copies (``training.downstream.embeddings``).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ from torch import nn
 from training.downstream.config import HeadConfig
 from training.downstream.labels import LabelMatrix
 from training.downstream.metrics import macro_auroc
-from training.early_stopping import EarlyStopping
+from training.downstream.selection import BestEpoch, best_run
 
 log = logging.getLogger(__name__)
 STANDARDIZE_EPS = 1e-5  # BatchNorm's: keeps a constant dimension finite
@@ -131,38 +130,29 @@ def train_head(
     torch.manual_seed(seed)
     head = nn.Linear(train_views.shape[2], train_labels.targets.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=spec.lr, weight_decay=config.weight_decay)
-    scheduler: Any
-    if spec.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
-        )
-    stopping = EarlyStopping(patience=config.patience, min_delta=config.min_delta)
+    tracker = BestEpoch(
+        optimizer,
+        spec.schedule,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        plateau_factor=config.plateau_factor,
+        plateau_patience=config.plateau_patience,
+    )
     targets = torch.from_numpy(train_labels.targets)
     mask = torch.from_numpy(train_labels.mask.astype(np.float32))
     valid = torch.from_numpy(valid_embeddings)
-    result = RunResult(spec, best_epoch=0, best_valid_macro_auroc=-np.inf, stopped="max_epochs")
     for epoch in range(config.max_epochs):
         loss = _epoch(head, optimizer, train_views, targets, mask, config.batch_size, seed=seed, epoch=epoch)
         with torch.no_grad():
             probabilities = torch.sigmoid(head(valid)).numpy()
-        score = macro_auroc(probabilities, valid_labels, macro_columns)
-        if score is None:
-            raise ValueError("the validation macro AUROC is undefined: no estimable label in valid")
-        lr = optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch + 1, "loss": round(loss, 6), "valid_macro_auroc": round(score, 6), "lr": lr}
-        result.history.append(record)
-        if score > result.best_valid_macro_auroc:
-            result.best_epoch, result.best_valid_macro_auroc = epoch + 1, score
-            result.state = copy.deepcopy(head.state_dict())
-        if spec.schedule == "cosine":
-            scheduler.step()
-            if stopping.update(-score, epoch):
-                result.stopped = "early_stopping"
-                break
-        else:
-            scheduler.step(score)
+        if tracker.end_epoch(
+            epoch, loss=loss, score=macro_auroc(probabilities, valid_labels, macro_columns), module=head
+        ):
+            break
+    result = RunResult(
+        spec, tracker.best_epoch, tracker.best_score, tracker.stopped, tracker.history, tracker.state
+    )
     log.info(
         "%s: best valid macro AUROC %.4f at epoch %d of %d (%s)",
         spec.name,
@@ -267,5 +257,5 @@ def run_protocol(
     ]
     for result in results:
         result.state = scaling.fold(result.state)
-    best = max(results, key=lambda r: r.best_valid_macro_auroc)  # max keeps the first of equals
+    best = best_run(results)
     return results, best

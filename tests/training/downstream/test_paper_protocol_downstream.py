@@ -237,3 +237,17 @@ def test_the_pretraining_eval_view_keeps_the_encoders_own_preprocessing() -> Non
     assert eval_preprocessing(own, "pretraining") == own
     with pytest.raises(ValueError, match="eval_view"):
         AugmentConfig(eval_view="zoomed")
+
+
+def test_a_run_folder_resolves_to_the_last_or_the_best_loss_encoder(tmp_path: Path) -> None:
+    from training.downstream.embeddings import resolve_encoder_path
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for name in ("encoder.safetensors", "encoder_best_loss.safetensors"):
+        (checkpoints / name).write_bytes(b"")
+    assert resolve_encoder_path(tmp_path) == checkpoints / "encoder.safetensors"
+    assert resolve_encoder_path(tmp_path, "best_loss") == checkpoints / "encoder_best_loss.safetensors"
+    (checkpoints / "encoder_best_loss.safetensors").unlink()
+    with pytest.raises(ValueError, match="no encoder checkpoint"):
+        resolve_encoder_path(tmp_path, "best_loss")
