@@ -28,7 +28,7 @@ class DataConfig:
     datasets: tuple[str, ...] = ()  # keep only these manifest `dataset` values; empty: all
     max_images: int = 0  # a seeded random subset of this many images; 0: all
     cache_dir: str = "~/.cache/cxr-msn/images"
-    cache_size: int = 256  # cached images are resized and centre-cropped to this square
+    cache_size: int = 256  # cached images: the whole film, longer side at this size, on a padded square
     num_workers: int = 2  # DataLoader worker processes
     cache_workers: int = 2  # processes decoding images while the cache is built
 

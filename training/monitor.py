@@ -5,7 +5,7 @@ own random-initialisation reference) the target encoder embeds the labelled imag
 manifest's training and validation splits (the centre view the downstream code uses:
 ``resize_and_crop`` to the target view size, cached as 8 bits). A probe fitted on the
 training embeddings is scored on validation as macro AUROC over the labels with a positive
-and a negative in both splits (blank labels masked, uncertain counted as absent):
+and a negative in both splits (the paper's label policy: blank and uncertain labels count as absent):
 
 - ``logistic``: one L2-regularised logistic regression per label on standardised
   embeddings (scikit-learn);

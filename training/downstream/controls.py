@@ -138,6 +138,7 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
                 folder / "pixels",
                 seed=experiment.seed,
                 settings=downstream.metrics.bootstrap(),
+                labels=downstream.labels,
             )
         timing[f"{control}_s"] = round(time.perf_counter() - started, 1)
         write_json(timing_file, timing)
