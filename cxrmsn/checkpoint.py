@@ -50,6 +50,10 @@ class CheckpointMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = NOT_FOR_CLINICAL_USE
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per-label temperature scaling: {"method": "temperature", "temperatures": {label: T},
+    # "fitted_on": split, "applied_to_head": bool}; empty: uncalibrated. With applied_to_head
+    # false, export folds 1/T into the head (``export.calibration``).
+    calibration: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

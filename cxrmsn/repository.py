@@ -181,6 +181,9 @@ class RepositoryManifest:
     files: dict[str, str] = field(default_factory=dict)  # every other file -> sha256
     # None: a repository exported before the gate existed (no label is marked not validated).
     validity_gate: ValidityGate | None = None
+    # Per-label temperature scaling folded into the exported head (empty: none recorded):
+    # method, temperatures, fitted_on, folded_by ("linear-eval" or "export").
+    calibration: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION

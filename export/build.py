@@ -1,6 +1,7 @@
 """Checkpoint in, Triton model repository out: the ``cxr-msn export`` pipeline.
 
-1. Load the classifier strictly (``cxrmsn.checkpoint.load_classifier``).
+1. Load the classifier strictly (``cxrmsn.checkpoint.load_classifier``); fold the checkpoint's
+   per-label temperatures into the head where linear-eval has not (``export.calibration``).
 2. Export fp32 ONNX, run the ONNX checker (full check), compare the interface and check
    parity with PyTorch at batch 1 and 8 (max abs difference <= 1e-4).
 3. Derive fp16 (LayerNorm, Softmax and out-of-range nodes kept fp32) and int8 (dynamic
@@ -45,6 +46,7 @@ from cxrmsn.repository import (
     write_manifest,
 )
 from export import triton
+from export.calibration import fold_temperatures
 from export.errors import ExportError
 from export.onnx_export import OPSET, GraphInterface, check_onnx, expected_interface, export_onnx, save_onnx
 from export.runtime import Outputs, cpu_session, generated_images, max_abs_difference, run
@@ -120,6 +122,7 @@ def export_repository(
     source, target = Path(checkpoint), Path(out)
     _check_target(target, overwrite=options.overwrite)
     model, metadata = _load_classifier(source)
+    calibration = fold_temperatures(model, metadata)  # 1/T into the head, once
     model_size = int(model.encoder.patch_embed.img_size[0])
     if metadata.preprocess_config.crop != model_size:
         raise ValueError(
@@ -136,7 +139,7 @@ def export_repository(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
     try:
-        manifest = _build(staging, model, metadata, source, options, evaluation, gate)
+        manifest = _build(staging, model, metadata, source, options, evaluation, gate, calibration)
         _replace(target, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -153,6 +156,7 @@ def _build(
     options: ExportOptions,
     evaluation: EvaluationSet | None,
     gate: ValidityGate,
+    calibration: dict[str, Any] | None = None,
 ) -> RepositoryManifest:
     image_size = int(metadata.preprocess_config.crop)
     interface = expected_interface(
@@ -218,6 +222,7 @@ def _build(
         },
         files=_other_files(staging, files),
         validity_gate=gate,
+        calibration=dict(calibration or {}),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_manifest(staging, manifest)

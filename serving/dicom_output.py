@@ -67,6 +67,7 @@ PRESENCE = codes.DCM.PresenceOfProperty
 NOTE = codes.DCM.Comment
 UNTRAINED_NOTE = "The model had no training signal for this label: never reported as present."
 NO_THRESHOLD_NOTE = "No decision threshold for this label: presence not evaluated."
+OVERRULED_NOTE = "Over its threshold but reported as not present: {reason}."
 NOT_VALIDATED_NOTE = (
     "Not validated: this label's validation AUROC was not shown to be above the model's validity "
     "gate (lower bound of its 95 % CI): never reported as present."
@@ -168,8 +169,10 @@ def structured_report(
 ) -> hd.sr.EnhancedSR:
     """An Enhanced SR (TID 1500) with one measurement group per label, in the source's study.
 
-    Enhanced SR rather than Comprehensive 3D SR: there are no 3-D coordinates and more PACS
-    accept it.
+    Presence (Yes/No) is the predictor's decision, ``result["positive"]`` (the consistency rule
+    of ``serving.predictor.consistent_findings`` applied), never recomputed from ``thresholds``,
+    which only name each label's operating point. Enhanced SR rather than Comprehensive 3D SR:
+    there are no 3-D coordinates and more PACS accept it.
     """
     check_labels(result["labels"], source="the prediction result")
     model = result["model"]
@@ -204,8 +207,11 @@ def _measurement_group(
     note = _no_presence_note(label, result["model"], threshold)
     evaluations = []
     if note is None and threshold is not None:
-        present = codes.SCT.Yes if probability >= threshold else codes.SCT.No
+        present = codes.SCT.Yes if label in result["positive"] else codes.SCT.No
         evaluations.append(hd.sr.QualitativeEvaluation(PRESENCE, present))
+        overruled = result.get("overruled", {}).get(label)
+        if overruled is not None:
+            note = OVERRULED_NOTE.format(reason=overruled.rstrip("."))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
         finding_type=LABEL_CODES[label],

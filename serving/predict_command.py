@@ -112,6 +112,9 @@ def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, arg
             item = (path, prepared)
             failures += _write_dicom_outputs(predictor, item, attention[index], result, args.dicom_dir)
         writer.result(path, result)
+        if args.format != "json":  # JSON records carry it in their warnings
+            for label, reason in result.get("overruled", {}).items():  # the No Finding rule
+                print(f"note: {path}: {label} not positive: {reason}", file=sys.stderr)
     pending.clear()
     return failures
 

@@ -54,12 +54,65 @@ GATE_ABSENT = {
     "status": "absent",
     "reason": "this model repository was exported before the validity gate; no label is marked not validated",
 }
+NO_FINDING = "No Finding"
+#: Labels that do not contradict No Finding: CheXpert's labeller sets No Finding when no
+#: pathology is present, support devices aside.
+COMPATIBLE_WITH_NO_FINDING = frozenset({NO_FINDING, "Support Devices"})
+CONTRADICTION_NOTE = (
+    "No Finding was over its threshold ({probability:.3f} >= {threshold:.3f}) while {findings} "
+    "{verb} positive: a positive finding outranks No Finding, which is reported as not positive"
+)
 FALLBACK_ENV = "CXR_MSN_VARIANT_FALLBACK"
 FALLBACK_WARNING = (
     "served {served} instead of {requested}: {requested} failed its start-up self-check on this CPU"
 )
 PASSED, FAILED, SKIPPED, NOT_RUN = "passed", "failed", "skipped", "not run"
 LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The decision for one image: what is positive, and what was over its threshold but overruled.
+
+    ``overruled``: label -> why it is not positive although over its threshold (the consistency
+    rule); each reason is also one of ``warnings``.
+    """
+
+    positive: list[str]
+    overruled: dict[str, str]
+    warnings: list[str]
+
+
+def consistent_findings(
+    labels: Collection[str],
+    probabilities: dict[str, float],
+    thresholds: dict[str, float],
+    never: Collection[str] = (),
+) -> Findings:
+    """THE decision rule, used by the JSON, /ui (which renders ``positive``), the SR and the CLI.
+
+    1. A label is over its threshold when it is trained, validated (not in ``never``), has a
+       threshold, and its probability is at or above it.
+    2. No Finding is positive only when no trained, validated finding is: if any label other
+       than No Finding and Support Devices is positive, No Finding is reported as not positive,
+       with a warning naming the findings (a finding outranks the absence of findings).
+    """
+    never = set(never)
+    over = [
+        label
+        for label in labels
+        if label in thresholds and label not in never and probabilities[label] >= thresholds[label]
+    ]
+    findings = [label for label in over if label not in COMPATIBLE_WITH_NO_FINDING]
+    if NO_FINDING not in over or not findings:
+        return Findings(over, {}, [])
+    note = CONTRADICTION_NOTE.format(
+        probability=probabilities[NO_FINDING],
+        threshold=thresholds[NO_FINDING],
+        findings=", ".join(findings),
+        verb="is" if len(findings) == 1 else "are",
+    )
+    return Findings([label for label in over if label != NO_FINDING], {NO_FINDING: note}, [note])
 
 
 class VariantRefusedError(RepositoryError):
@@ -225,8 +278,10 @@ class Predictor:
         attention = np.asarray(attention, dtype=np.float64)
         total = float(attention.sum())
         normalised = attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
+        findings = self.findings(by_label)
         warnings = list(prepared.decoded.info.warnings)
         warnings += self.model_warnings()
+        warnings += findings.warnings
         result: dict[str, Any] = {
             "labels": list(labels),
             "probabilities": by_label,
@@ -234,7 +289,8 @@ class Predictor:
                 "shape": list(normalised.shape),
                 "values": np.round(normalised, 7).tolist(),
             },
-            "positive": self.positive_labels(by_label),
+            "positive": findings.positive,
+            "overruled": findings.overruled,
             "model": self.model_summary(),
             "input": prepared.decoded.info.to_dict(),
             "warnings": warnings,
@@ -290,14 +346,16 @@ class Predictor:
             warnings.append(NOT_VALIDATED_WARNING.format(labels=labels, why=why))
         return warnings
 
-    def positive_labels(self, probabilities: dict[str, float]) -> list[str]:
-        thresholds = self.manifest.thresholds
+    def findings(self, probabilities: dict[str, float]) -> Findings:
+        """The decision every surface reports (``consistent_findings`` with this model's gate)."""
         never = set(self.untrained_labels) | set(self.not_validated_labels)
-        return [
-            label
-            for label in self.manifest.labels
-            if label in thresholds and label not in never and probabilities[label] >= thresholds[label]
-        ]
+        return consistent_findings(self.manifest.labels, probabilities, dict(self.manifest.thresholds), never)
+
+    def positive_labels(self, probabilities: dict[str, float]) -> list[str]:
+        """Trained, validated labels at or over their threshold, before the No Finding rule
+        (``findings`` applies it; results report that)."""
+        findings = self.findings(probabilities)
+        return sorted([*findings.positive, *findings.overruled], key=list(self.manifest.labels).index)
 
     def model_summary(self) -> dict[str, Any]:
         return {
@@ -320,6 +378,7 @@ class Predictor:
             **self.model_summary(),
             "labels": list(self.manifest.labels),
             "thresholds": dict(self.manifest.thresholds),
+            "calibration": dict(self.manifest.calibration),
             "preprocessing": self.preprocessing.to_dict(),
             "training_data": self.manifest.training_data,
             "metrics": self.manifest.metrics,

@@ -58,7 +58,13 @@ class PredictResponse(BaseModel):
     attention: AttentionMap
     positive: list[str] = Field(
         description="trained, validated labels at or over their saved threshold "
-        "(never an untrained or not validated label)"
+        "(never an untrained or not validated label), after the consistency rule: No Finding is "
+        "positive only when no finding (any label but No Finding and Support Devices) is"
+    )
+    overruled: dict[str, str] = Field(
+        default_factory=dict,
+        description="label -> why it is not positive although over its threshold (No Finding "
+        "when a finding is positive); the reason is also in warnings",
     )
     model: ModelInfo
     input: InputInfo = Field(description="facts about the upload; never patient identifiers")
@@ -128,6 +134,12 @@ class ModelCard(BaseModel):
     not_validated_labels: list[str] = Field(description="trained labels that failed the validity gate")
     validity_gate: ValidityGateInfo = Field(description="the per-label validity gate written at export")
     thresholds: dict[str, float] = Field(description="operating threshold per label (chosen on validation)")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per-label temperature scaling folded into the model (method, temperatures, the "
+        "split they were fitted on); probabilities and thresholds are on the calibrated scale; "
+        "empty: a model exported without calibration",
+    )
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]
     metrics: dict[str, Any]

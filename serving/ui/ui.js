@@ -144,14 +144,18 @@ function renderFindings(result) {
   const untrained = new Set(result.model.untrained_labels);
   const notValidated = new Set(result.model.not_validated_labels || []);
   const positive = new Set(result.positive);
+  const overruled = result.overruled || {}; // over its threshold, not positive: the No Finding rule
   const status = (label) => positive.has(label) ? "positive"
-    : untrained.has(label) ? "untrained" : notValidated.has(label) ? "not-validated" : "";
+    : untrained.has(label) ? "untrained" : notValidated.has(label) ? "not-validated"
+    : label in overruled ? "overruled" : "";
+  const reasons = { ...gateReasons, ...overruled };
   const order = [...result.labels].sort((a, b) => result.probabilities[b] - result.probabilities[a]);
   $("findings").replaceChildren(...order.map((label) =>
-    findingRow(label, result.probabilities[label], thresholds[label], status(label), gateReasons[label])));
+    findingRow(label, result.probabilities[label], thresholds[label], status(label), reasons[label])));
 }
 
-// status: "positive", "untrained", "not-validated" (failed the validity gate) or "".
+// status: "positive", "untrained", "not-validated" (failed the validity gate), "overruled" (over
+// its threshold, not positive: No Finding while a finding is positive) or "".
 function findingRow(label, probability, threshold, status, gateReason) {
   const row = document.createElement("li");
   row.className = "finding" + (status ? ` ${status}` : "");
@@ -165,7 +169,7 @@ function findingRow(label, probability, threshold, status, gateReason) {
     const badge = document.createElement("span");
     badge.className = "badge";
     badge.textContent = status.replace("-", " ");
-    if (status === "not-validated" && gateReason) badge.title = gateReason;
+    if ((status === "not-validated" || status === "overruled") && gateReason) badge.title = gateReason;
     name.append(badge);
   }
   const track = document.createElement("span");

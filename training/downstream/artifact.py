@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
 from cxrmsn.fileio import atomic_write_bytes
 from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
 from cxrmsn.preprocess import PreprocessConfig
+from training.downstream.calibration import (
+    Temperatures,
+    calibration_report,
+    fit_temperatures,
+    logits_from_probabilities,
+)
 from training.downstream.config import DownstreamConfig, config_to_dict
 from training.downstream.labels import LabelMatrix, estimable
 from training.downstream.metrics import Threshold, choose_threshold, evaluate
@@ -41,6 +48,7 @@ class Predictions:
     labels: LabelMatrix
     probabilities: np.ndarray  # float32 [N, 14]
     embeddings: np.ndarray | None  # float32 [N, D]: CLS embeddings of the plain view
+    logits: np.ndarray | None = None  # float32 [N, 14], before calibration (None: not kept)
 
 
 def save_predictions(out: Path, split: str, predictions: Predictions) -> Path:
@@ -54,6 +62,8 @@ def save_predictions(out: Path, split: str, predictions: Predictions) -> Path:
     }
     if predictions.embeddings is not None:
         arrays["embeddings"] = predictions.embeddings.astype(np.float32)
+    if predictions.logits is not None:
+        arrays["logits"] = predictions.logits.astype(np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
@@ -72,6 +82,7 @@ def load_predictions(run_dir: Path, split: str = "test") -> Predictions:
             labels=LabelMatrix(stored["targets"], stored["mask"]),
             probabilities=stored["probabilities"],
             embeddings=stored.get("embeddings", None),
+            logits=stored.get("logits", None),
         )
 
 
@@ -123,10 +134,55 @@ class RunOutputs:
     encoder: dict[str, Any]  # path, sha256, architecture, pretraining summary
 
 
+def calibrate(outputs: RunOutputs) -> tuple[dict[str, Predictions], Temperatures, dict[str, Any]]:
+    """Per-label temperatures fitted on validation (``training.downstream.calibration``).
+
+    Returns the predictions on the calibrated scale (their ``logits`` stay uncalibrated), the
+    temperatures and metrics.json's ``calibration`` block (ECE before and after on valid and test).
+    """
+    logits = {
+        split: (
+            p.logits.astype(np.float64)
+            if p.logits is not None
+            else logits_from_probabilities(p.probabilities)
+        )
+        for split, p in outputs.predictions.items()
+    }
+    valid = outputs.predictions["valid"]
+    temperatures = fit_temperatures(logits["valid"], valid.labels, outputs.trained, fitted_on="valid")
+    calibrated = {
+        split: replace(
+            p, probabilities=temperatures.apply(logits[split]), logits=logits[split].astype(np.float32)
+        )
+        for split, p in outputs.predictions.items()
+    }
+    report = calibration_report(
+        temperatures,
+        {split: (logits[split], outputs.predictions[split].labels) for split in ("valid", "test")},
+        outputs.trained,
+    )
+    return calibrated, temperatures, report
+
+
+def calibrated_state(model: CXRClassifier, temperatures: Temperatures) -> dict[str, Any]:
+    """The classifier's state dict with 1/T folded into the linear head's weight and bias."""
+    state = dict(model.state_dict())
+    scale = torch.from_numpy(1.0 / temperatures.vector()).to(state["head.weight"].dtype)
+    state["head.weight"] = state["head.weight"] * scale[:, None]
+    state["head.bias"] = state["head.bias"] * scale
+    return state
+
+
 def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started: float) -> dict[str, Any]:
-    """Thresholds, metrics with CIs, predictions, metrics.json and classifier.safetensors."""
+    """Calibration, thresholds, metrics with CIs, predictions, metrics.json and classifier.safetensors.
+
+    Temperatures are fitted on validation first; thresholds, metrics and the stored predictions
+    are on the calibrated scale, and the checkpoint's head has 1/T folded in (its metadata's
+    ``calibration`` names the temperatures, ``applied_to_head: true``), so the checkpoint, the
+    exported models and the reported predictions agree.
+    """
     settings = config.metrics.bootstrap()
-    preds = outputs.predictions
+    preds, temperatures, calibration = calibrate(outputs)
     thresholds = choose_thresholds(
         outputs.trained,
         (preds["valid"].probabilities, preds["valid"].labels),
@@ -153,6 +209,7 @@ def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started:
         "untrained_labels": [label for label in LABELS if label not in outputs.trained],
         "label_masks": {split: outputs.training_data["splits"][split]["labels"] for split in preds},
         "thresholds": {label: asdict(t) for label, t in thresholds.items()},
+        "calibration": calibration,
         "valid": splits["valid"],
         "test": splits["test"],
         "training_data": outputs.training_data,
@@ -162,14 +219,17 @@ def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started:
     write_json(out / "metrics.json", metrics)
     save_checkpoint(
         out / "classifier.safetensors",
-        outputs.model.state_dict(),
-        classifier_metadata(outputs, thresholds, metrics),
+        calibrated_state(outputs.model, temperatures),
+        classifier_metadata(outputs, thresholds, metrics, temperatures),
     )
     return metrics
 
 
 def classifier_metadata(
-    outputs: RunOutputs, thresholds: dict[str, Threshold], metrics: dict[str, Any]
+    outputs: RunOutputs,
+    thresholds: dict[str, Threshold],
+    metrics: dict[str, Any],
+    temperatures: Temperatures | None = None,
 ) -> CheckpointMetadata:
     data = outputs.training_data
     return CheckpointMetadata(
@@ -181,6 +241,9 @@ def classifier_metadata(
         training_data=data,
         metrics=compact_metrics(metrics, thresholds),
         intended_use=INTENDED_USE.format(data=data["summary"]),
+        calibration=(
+            {**temperatures.to_metadata(), "applied_to_head": True} if temperatures is not None else {}
+        ),
         extra={
             "protocol": outputs.protocol,
             "encoder": outputs.encoder,
@@ -211,6 +274,7 @@ def compact_metrics(metrics: dict[str, Any], thresholds: dict[str, Threshold]) -
         "selected_run": metrics.get("selected_run"),
         "bootstrap": metrics["test"]["bootstrap"],
         "threshold_method": next((t.method for t in thresholds.values()), None),
+        **({"calibration": compact_calibration(metrics["calibration"])} if "calibration" in metrics else {}),
         "valid": {
             "macro": metrics["valid"]["macro"],
             "images": metrics["valid"]["images"],
@@ -220,6 +284,20 @@ def compact_metrics(metrics: dict[str, Any], thresholds: dict[str, Threshold]) -
             "macro": metrics["test"]["macro"],
             "images": metrics["test"]["images"],
             "per_label": per_label(metrics["test"]),
+        },
+    }
+
+
+def compact_calibration(block: dict[str, Any]) -> dict[str, Any]:
+    """The model card's summary of metrics.json's ``calibration``: method, temperatures, macro ECE."""
+    return {
+        "method": block["method"],
+        "fitted_on": block["fitted_on"],
+        "temperatures": block["temperatures"],
+        "ece_bins": block["ece_bins"],
+        "ece_macro": {
+            split: {when: entry[when]["macro"] for when in ("before", "after")}
+            for split, entry in block["ece"].items()
         },
     }
 

@@ -206,3 +206,44 @@ def monitor_figure(path: Path, monitor: list[dict[str, Any]], epochs: list[dict[
         ax.set_xlabel("epoch", fontsize=7)
         ax.tick_params(labelsize=7)
     return _save(figure, path)
+
+
+def reliability_figure(
+    path: Path,
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: LabelMatrix,
+    shown: list[str],
+    ece: dict[str, Any],
+    bins: int = 15,
+) -> Path:
+    """One panel per label: the test reliability diagram before (uncalibrated) and after
+    temperature scaling, with each one's ECE; dashed: perfect calibration."""
+    from training.downstream.calibration import reliability
+
+    figure, axes = _grid(len(shown))
+    for ax, label in zip(axes, shown, strict=True):
+        j = LABELS.index(label)
+        keep = labels.mask[:, j]
+        positive = labels.targets[keep, j] == 1
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+        for probabilities, name, colour in ((before, "before", "C1"), (after, "after", "C0")):
+            table = reliability(probabilities[keep, j], positive, bins)
+            points = [
+                (m, f)
+                for m, f in zip(table["mean_probability"], table["fraction_positive"], strict=True)
+                if m is not None and f is not None
+            ]
+            value = (ece.get(name) or {}).get("per_label", {}).get(label)
+            text = f"{name} (ECE {value:.3f})" if value is not None else name
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=text)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("mean predicted probability", fontsize=7)
+        ax.set_ylabel("fraction positive", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6, loc="upper left")
+    return _save(figure, path)

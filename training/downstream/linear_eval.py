@@ -6,7 +6,8 @@
 3. Embed every image once (cached): valid and test by the plain inference view, training
    images by the plain view plus ``augment.copies`` augmented views.
 4. Train the five heads (``training.downstream.linear``); select on validation.
-5. Thresholds on validation, metrics with bootstrap CIs on valid and test, and the classifier
+5. Per-label temperatures on validation (``training.downstream.calibration``), thresholds on
+   the calibrated validation probabilities, metrics with bootstrap CIs on valid and test, and the classifier
    (encoder + selected head) in the core checkpoint format (``training.downstream.artifact``).
 """
 
@@ -134,6 +135,7 @@ def _predictions(model: CXRClassifier, data: DownstreamData, split: str, emb: Sp
         labels=data.labels[split],
         probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
         embeddings=emb.plain,
+        logits=logits.numpy().astype(np.float32),
     )
 
 

@@ -11,7 +11,8 @@ protocol; ``report_markdown`` and ``report_html.render_html`` only lay it out, s
 with its ``monitor.csv`` is at hand), ``embeddings.png`` (t-SNE of the test CLS embeddings, PCA above
 ``tsne_max`` images, coloured by label), ``attention.png`` (last-layer CLS attention of the
 classifier over a few single-label positive test images, as in the paper's figures) and
-``training_curves.png``.
+``training_curves.png``; ``reliability.png`` (test reliability diagrams before and after the
+per-label temperature scaling) and a calibration table when the run was calibrated.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from training.downstream.figures import (
     embedding_map,
     history_figure,
     monitor_figure,
+    reliability_figure,
 )
 from training.run_folder import read_csv_log
 
@@ -56,6 +58,12 @@ EMBEDDING_CAPTION = (
 ATTENTION_CAPTION = (
     "The classifier's last-layer CLS attention over single-label positive test images (top: the "
     "model's input; bottom: the attention over it), with the predicted probability and threshold."
+)
+RELIABILITY_CAPTION = (
+    "Test reliability diagrams ({bins} equal-width bins) of each trained, estimable label: the "
+    "uncalibrated probabilities (before) and after per-label temperature scaling fitted on "
+    "validation (after: what the classifier and exported models output), with each one's ECE; "
+    "dashed: perfect calibration."
 )
 HISTORY_CAPTION = "Validation macro AUROC per epoch of each run of the protocol."
 MONITOR_CAPTION = (
@@ -138,7 +146,12 @@ def gather_report(
         ("Macro AUPRC", *_value_and_ci(macro["auprc"])),
     ]
     facts = _summary_facts(metrics) + _identity_facts(run_dir, metrics)
-    tables = [_label_table(metrics), *_threshold_table(metrics), *_run_table(metrics)]
+    tables = [
+        _label_table(metrics),
+        *_threshold_table(metrics),
+        *_calibration_table(metrics),
+        *_run_table(metrics),
+    ]
     return Report(
         f"Report: {run_dir}", NOTICE, headline, facts + [(note,) for note in notes], tables, figures
     )
@@ -156,6 +169,22 @@ def draw_figures(
         curves_figure(path, predictions.probabilities, predictions.labels, per_label, kind)
         figures.append(Figure(path, caption))
     notes: list[str] = []
+    calibration = metrics.get("calibration")
+    if calibration and predictions.logits is not None:
+        test_ece = calibration["ece"]["test"]
+        shown = [label for label in LABELS if test_ece["after"]["per_label"].get(label) is not None]
+        if shown:
+            before = 1.0 / (1.0 + np.exp(-predictions.logits.astype(np.float64)))
+            path = reliability_figure(
+                out / "reliability.png",
+                before,
+                predictions.probabilities,
+                predictions.labels,
+                shown,
+                test_ece,
+                calibration["ece_bins"],
+            )
+            figures.append(Figure(path, RELIABILITY_CAPTION.format(bins=calibration["ece_bins"])))
     monitor = pretraining_monitor(metrics)
     if monitor is not None:
         rows, epochs = monitor
@@ -425,6 +454,42 @@ def _threshold_table(metrics: dict[str, Any]) -> list[Table]:
     ]
     header = ("Label", "Threshold", "Method", "Chosen on", "Sensitivity", "Specificity", "Precision")
     return [Table("Thresholds (saved with the classifier)", header, "lrllrrr", rows)]
+
+
+def _calibration_table(metrics: dict[str, Any]) -> list[Table]:
+    """Per-label temperature and ECE before and after on valid and test, and the macro row."""
+    block = metrics.get("calibration")
+    if not block:
+        return []
+
+    def cell(split: str, when: str, label: str | None) -> str:
+        entry = block["ece"].get(split, {}).get(when, {})
+        value = entry.get("macro") if label is None else entry.get("per_label", {}).get(label)
+        return "-" if value is None else f"{value:.4f}"
+
+    rows, muted = [], set()
+    for i, label in enumerate(LABELS):
+        temperature = block["temperatures"].get(label, 1.0)
+        ece = [cell(split, when, label) for split in ("valid", "test") for when in ("before", "after")]
+        rows.append((label, f"{temperature:.3f}", *ece, block["unfitted"].get(label, "")))
+        if label in block["unfitted"]:
+            muted.add(i)
+    macro = [cell(split, when, None) for split in ("valid", "test") for when in ("before", "after")]
+    rows.append(("Macro", "", *macro, "mean over the trained, estimable labels"))
+    header = (
+        "Label",
+        "Temperature",
+        "ECE valid before",
+        "ECE valid after",
+        "ECE test before",
+        "ECE test after",
+        "Note",
+    )
+    title = (
+        f"Calibration: per-label temperature scaling fitted on {block['fitted_on']} "
+        f"(ECE, {block['ece_bins']} bins; AUROC unchanged)"
+    )
+    return [Table(title, header, "lrrrrrl", rows, frozenset({len(LABELS)}), frozenset(muted))]
 
 
 def _run_table(metrics: dict[str, Any]) -> list[Table]:
