@@ -12,7 +12,7 @@ PORT ?= 3000
 MODEL_REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: test serve lint typecheck install clean requirements bench bundled-model browser
+.PHONY: test serve lint typecheck install clean requirements bench bundled-model browser orthanc gpu-check
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,20 @@ browser:
 		echo "note: no chromium and no root apt-get; the /ui browser tests will skip"; \
 	fi
 
-test: lint typecheck browser
+# The PACS tests (tests/serving/test_pacs_{orthanc,stow}.py) start a real Orthanc (Debian's package) on
+# free loopback ports with their own configuration; the packaged service is never started.
+orthanc:
+	@(test -n "$$CXR_MSN_ORTHANC" || command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc) && \
+	test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing orthanc and orthanc-dicomweb (apt-get) for the PACS tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null) || \
+		echo "warning: apt-get could not install orthanc; the PACS tests will skip"; \
+	else \
+		echo "note: no Orthanc and no root apt-get; the PACS tests will skip"; \
+	fi
+
+test: lint typecheck browser orthanc
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 serve: $(SERVE_VENV)/.installed
@@ -61,6 +74,19 @@ bundled-model: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[bench]'
 	$(VENV)/bin/python -m benchmarks.run --out benchmarks
+
+# The prepared GPU check (issue 18): pretraining step and loader throughput, a short run, the
+# synchronisations in one step, ONNX Runtime CUDA/TensorRT at batch 1/8/32 with parity, on one
+# CUDA GPU; writes benchmarks/results-gpu.{json,md}. Its own venv: the `gpu` extra's
+# onnxruntime-gpu replaces onnxruntime. Without a GPU it says so and exits 0.
+GPU_VENV ?= .venv-gpu
+$(GPU_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/$(PIP_INSTALL) -e '.[train,gpu]'
+	touch $@
+
+gpu-check: $(GPU_VENV)/.installed
+	$(GPU_VENV)/bin/python -m benchmarks.gpu_check --out benchmarks
 
 # requirements/serve.txt: the serve extra's pinned closure, installed into the Bento.
 requirements: $(VENV)/.installed

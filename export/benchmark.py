@@ -7,6 +7,10 @@ Each variant's file is loaded through ``verified_model_path`` (so its sha256 is
 checked), run ``warmup`` times, then timed ``repeats`` times per batch size; the
 median and the 90th percentile are reported in milliseconds. With a GPU provider
 each output is also compared with the fp32 model on the CPU (max abs difference).
+
+Each result is labelled with the provider the session really runs on
+(``session.get_providers()[0]``); a session that fell back from the requested provider (a
+missing CUDA or TensorRT library) is an error, not a CPU figure under a GPU label.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ PROVIDERS = {
 }
 
 
+class ProviderFallbackError(RuntimeError):
+    """The session does not run on the provider the benchmark asked for."""
+
+
+def running_provider(session: Any, provider: str) -> str:
+    """The provider ``session`` really runs on; ProviderFallbackError unless it is ``provider``'s."""
+    running = str(session.get_providers()[0])
+    wanted = PROVIDERS[provider][0]
+    if running != wanted:
+        raise ProviderFallbackError(
+            f"asked for {wanted} but the session runs on {running} (providers {session.get_providers()}): "
+            "check onnxruntime-gpu's CUDA/cuDNN/TensorRT libraries"
+        )
+    return running
+
+
 @dataclass(frozen=True)
 class Timing:
     variant: str
@@ -38,6 +58,7 @@ class Timing:
     p90_ms: float
     images_per_s: float
     max_abs_diff_vs_cpu_fp32: dict[str, float] | None = None
+    provider: str = ""  # session.get_providers()[0]: what really ran
 
 
 def time_session(session: Any, images: np.ndarray, *, repeats: int, warmup: int) -> list[float]:
@@ -106,29 +127,29 @@ def benchmark_repository(
     for name in names:
         path = verified_model_path(repository, manifest, name)
         session = _session(path, provider, threads, max_batch=max(batch_sizes), image_size=image_size)
+        running = running_provider(session, provider)
         for batch in batch_sizes:
             images = generated_images(batch, image_size=image_size, seed=batch)
             timing = summarise(name, batch, time_session(session, images, repeats=repeats, warmup=warmup))
+            difference = None
             if reference is not None:
                 difference = max_abs_difference(run(session, images), run(reference, images))
-                timing = Timing(**{**asdict(timing), "max_abs_diff_vs_cpu_fp32": difference})
-            timings.append(timing)
+            timings.append(
+                Timing(**{**asdict(timing), "max_abs_diff_vs_cpu_fp32": difference, "provider": running})
+            )
     return timings
 
 
 def tensorrt_options(path: Path, *, max_batch: int, image_size: int) -> dict[str, str]:
-    """The TensorRT provider configured as configs/gpu.pbtxt configures Triton's accelerator."""
-    dims = f"3x{image_size}x{image_size}"
-    return {
-        "trt_fp16_enable": "True",
-        "trt_layer_norm_fp32_fallback": "True",
-        "trt_max_workspace_size": str(1 << 30),
-        "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(path.parent / ".trt_cache"),
-        "trt_profile_min_shapes": f"image:1x{dims}",
-        "trt_profile_opt_shapes": f"image:{min(8, max_batch)}x{dims}",
-        "trt_profile_max_shapes": f"image:{max_batch}x{dims}",
-    }
+    """The TensorRT provider configured as configs/gpu.pbtxt configures Triton's accelerator
+    and as serving configures it (``serving.backends.tensorrt_options``); engines are cached
+    per model file under the serving cache (never beside a possibly read-only repository)."""
+    from serving.backends import TRT_PROFILE_MAX, tensorrt_cache_dir
+    from serving.backends import tensorrt_options as serving_options
+
+    cache = tensorrt_cache_dir() / path.parent.name / path.stem
+    cache.mkdir(parents=True, exist_ok=True)
+    return serving_options(cache, image_size=image_size, max_batch=max(max_batch, TRT_PROFILE_MAX))
 
 
 def _session(path: Path, provider: str, threads: int, *, max_batch: int, image_size: int) -> Any:
@@ -177,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         for timing in timings:
             print(json.dumps(asdict(timing)))
         return 0
-    print(f"{'variant':<16}{'batch':>6}{'median ms':>12}{'p90 ms':>10}{'images/s':>10}")
+    print(f"{'variant':<16}{'batch':>6}{'median ms':>12}{'p90 ms':>10}{'images/s':>10}  provider")
     for t in timings:
-        print(f"{t.variant:<16}{t.batch_size:>6}{t.median_ms:>12.2f}{t.p90_ms:>10.2f}{t.images_per_s:>10.1f}")
+        print(
+            f"{t.variant:<16}{t.batch_size:>6}{t.median_ms:>12.2f}{t.p90_ms:>10.2f}{t.images_per_s:>10.1f}"
+            f"  {t.provider}"
+        )
     return 0
 
 

@@ -312,3 +312,13 @@ _service.add_asgi_middleware(RequestShapeMiddleware, routes=API_FORMS)
 # BentoML logs an API call's exception with its traceback; pydantic's and the OS's messages
 # there quote form values and file names. Only the exception's type is logged.
 withhold_framework_error_details()
+
+
+def _register_pacs_routes() -> None:
+    """DICOMweb STOW-RS in (``POST /dicomweb/studies``) and ``GET /dicomweb/outbox`` (docs/pacs.md)."""
+    from serving.pacs import stow
+
+    stow.register(model_api)
+
+
+_register_pacs_routes()

@@ -3,10 +3,17 @@
 ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is a
 single-process no-op, so the same code runs on a laptop and on many nodes. Backends: NCCL
 on CUDA, gloo on CPU.
+
+A process that sees one GPU (``CUDA_VISIBLE_DEVICES`` set per task, as Slurm's
+``--gpus-per-task`` does) uses ``cuda:0`` whatever its LOCAL_RANK. The process group is
+bound to the device (``device_id``), waits up to ``TIMEOUT`` in a collective (a first
+image-cache build on one node can keep the others waiting for hours; override with
+CXR_MSN_DIST_TIMEOUT_S) and is destroyed at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +23,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+TIMEOUT = timedelta(hours=24)  # as long as pretrain_data's WAIT_S for an image cache
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,28 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("train.device=cuda but CUDA is not available")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
     if name not in ("auto", "cpu"):
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device("cpu")
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of local rank ``local_rank`` when ``visible`` devices are visible: its
+    own index on a machine-wide view, 0 when the process sees exactly one GPU."""
+    if 0 <= local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise ValueError(
+        f"LOCAL_RANK {local_rank} but this process sees {visible} CUDA devices: give each "
+        "process one GPU (CUDA_VISIBLE_DEVICES per task) or every GPU of the machine"
+    )
+
+
+def dist_timeout() -> timedelta:
+    seconds = os.environ.get("CXR_MSN_DIST_TIMEOUT_S", "")
+    return timedelta(seconds=float(seconds)) if seconds else TIMEOUT
 
 
 def init_distributed(device_name: str) -> DistInfo:
@@ -54,12 +81,18 @@ def init_distributed(device_name: str) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+        dist.init_process_group(
+            backend=backend,
+            timeout=dist_timeout(),
+            device_id=device if device.type == "cuda" else None,
+        )
+        atexit.register(shutdown)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
 def shutdown() -> None:
-    if is_distributed():
+    """Destroy the process group (registered at exit by ``init_distributed``; idempotent)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -8,14 +8,20 @@ then the EMA update of the target.
 The baselines (``config.method``, ``training.baselines``) share everything but the networks
 and the loss: DINO (student = ``anchor``, EMA teacher = ``target``, all views, no masking)
 and MAE (``anchor`` = encoder + decoder on the masked target view, no EMA network).
+
+Host/device synchronisation: ``run_step`` keeps every statistic a device tensor and never
+waits for the device; the loss's finiteness is a device flag read with the statistics
+(``StepStats.read``, one transfer), so a loop reading every ``train.log_every`` steps (and
+``EpochSums`` once an epoch) lets the CPU run ahead of the GPU. ``train_step`` reads at
+once (the old ``dict[str, float]`` interface). The batch is copied to the device as the
+loader gives it (pinned, non-blocking) and rearranged view-major there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,6 +36,7 @@ from training.msn.ema import ema_update_, momentum_at
 from training.msn.masking import sample_keep_indices
 from training.msn.model import MSNAnchor, MSNTarget, num_patches
 from training.msn.msn_loss import anchor_log_probabilities, msn_loss
+from training.msn.views import to_model_input
 from training.schedule import cosine_lr, cosine_weight_decay
 
 log = logging.getLogger(__name__)
@@ -192,7 +199,10 @@ def anchor_inputs(
         views = batch[name]
         if views.shape[1] == 0:
             continue
-        group = views.transpose(0, 1).reshape(-1, *views.shape[2:]).to(parts.device, non_blocking=True)
+        # Copy first (the loader's pinned batch, non-blocking), rearrange on the device: a
+        # transpose on the host would make an unpinned copy and a blocking transfer.
+        views = to_model_input(views.to(parts.device, non_blocking=True))
+        group = views.transpose(0, 1).reshape(-1, *views.shape[2:])
         groups.append(group)
         keep = None
         if masked and mask.ratio > 0:
@@ -202,6 +212,16 @@ def anchor_inputs(
             )
         keeps.append(keep)
     return groups, keeps
+
+
+VIEW_KEYS = ("target", "rand", "focal")
+
+
+def device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of the loader's batch copied to ``device`` as it is (pinned, non-blocking),
+    uint8 views normalised there (``MultiViewTransform(uint8=True)``)."""
+    moved = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+    return moved | {name: to_model_input(moved[name]) for name in VIEW_KEYS if name in moved}
 
 
 def set_schedules(parts: TrainParts, step: int) -> tuple[float, float]:
@@ -217,40 +237,109 @@ def set_schedules(parts: TrainParts, step: int) -> tuple[float, float]:
     return lr, wd
 
 
+Stat = torch.Tensor | float
+
+
+@dataclass
+class StepStats:
+    """One step's scalars, device tensors (or host floats) until ``read``."""
+
+    step: int
+    values: dict[str, Stat]
+    finite: torch.Tensor  # bool device scalar: was the loss finite
+
+    def read(self) -> dict[str, float]:
+        """The scalars as floats, one device-to-host transfer; FloatingPointError when the
+        step's loss was not finite."""
+        names = [name for name, value in self.values.items() if isinstance(value, torch.Tensor)]
+        tensors = [self.values[name].detach().float().reshape(()) for name in names]  # type: ignore[union-attr]
+        flat = torch.stack([*tensors, self.finite.float().reshape(())]).tolist()
+        if not flat[-1]:
+            raise FloatingPointError(f"the loss is {flat[names.index('loss')]} at step {self.step}")
+        read = dict(zip(names, flat[:-1], strict=True))
+        return {name: read[name] if name in read else float(value) for name, value in self.values.items()}
+
+
+@dataclass
+class EpochSums:
+    """Sums of the steps' statistics, read once (e.g. at the end of an epoch): device tensors
+    summed on the device, host floats (lr, momentum) on the host; nothing is copied either way
+    until ``means``."""
+
+    names: tuple[str, ...]
+    device: torch.device
+    sums: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    steps: int = 0
+    first_bad_step: torch.Tensor | None = field(default=None, repr=False)
+
+    def add(self, stats: StepStats) -> None:
+        for name in self.names:
+            value = stats.values[name]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().double().reshape(())
+            previous = self.sums.get(name)
+            self.sums[name] = value if previous is None else previous + value
+        # -1 while every loss so far was finite, else the first bad step (scalars: no copy)
+        bad = torch.where(stats.finite, -1, stats.step)
+        if self.first_bad_step is None:
+            self.first_bad_step = bad
+        else:
+            self.first_bad_step = torch.where(self.first_bad_step >= 0, self.first_bad_step, bad)
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """Step means (one transfer); FloatingPointError when any added step's loss was not finite."""
+        if not self.steps or self.first_bad_step is None:
+            return {}
+        tensors = {name: v for name, v in self.sums.items() if isinstance(v, torch.Tensor)}
+        flat = torch.stack([*tensors.values(), self.first_bad_step.double().reshape(())]).tolist()
+        if flat[-1] >= 0:
+            raise FloatingPointError(f"the loss was not finite at step {int(flat[-1])}")
+        read = dict(zip(tensors, flat[:-1], strict=True))
+        return {name: float(read.get(name, self.sums[name])) / self.steps for name in self.names}
+
+
 def train_step(parts: TrainParts, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    """One optimiser step at global step ``step``; returns the step's scalars."""
+    """One optimiser step at global step ``step``; returns the step's scalars (waits for the
+    device: loops that log every few steps use ``run_step`` and read when they log)."""
+    return run_step(parts, batch, step).read()
+
+
+def run_step(parts: TrainParts, batch: dict[str, torch.Tensor], step: int) -> StepStats:
+    """One optimiser step at global step ``step``, without waiting for the device; the loss's
+    finiteness is checked when the returned statistics are read."""
     config = parts.config
     lr, wd = set_schedules(parts, step)
     epoch = step // parts.steps_per_epoch
+    batch = device_batch(batch, parts.device)
     with _autocast(parts):
         loss, stats = _forward(parts, batch, epoch)
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"the loss is {loss_value} at step {step}")
     frozen: list[nn.Parameter] = []
     if isinstance(parts.anchor, DINOStudent) and epoch < config.dino.freeze_last_layer_epochs:
         frozen.append(parts.anchor.prototypes)  # DINO's freeze_last_layer
     _optimise(parts, loss, frozen)
-    result = {"loss": loss_value, "lr": lr, "weight_decay": wd}
+    detached = loss.detach()
+    result: dict[str, Stat] = {"loss": detached, "lr": lr, "weight_decay": wd}
     if parts.target is not None:
         momentum = momentum_at(step, parts.total_steps, config.ema)
         ema_update_(parts.target, parts.anchor, momentum)
         result["momentum"] = momentum
-    return result | stats
+    return StepStats(step=step, values=result | stats, finite=torch.isfinite(detached))
 
 
 def _forward(
     parts: TrainParts, batch: dict[str, torch.Tensor], epoch: int
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, Stat]]:
     """The method's loss (differentiable) and its scalars, inside autocast."""
     config = parts.config
     if isinstance(parts.anchor, MAEModel):
-        return mae_forward(
+        loss, stats = mae_forward(
             parts.model, parts.anchor, batch, norm_pix_loss=config.mae.norm_pix_loss, device=parts.device
         )
+        return loss, dict[str, Stat](stats)
     if isinstance(parts.anchor, DINOStudent) and isinstance(parts.target, DINOTeacher):
         dino = config.dino
-        return dino_forward(
+        loss, stats = dino_forward(
             parts.model,
             parts.anchor,
             parts.target,
@@ -265,10 +354,11 @@ def _forward(
             center_momentum=dino.center_momentum,
             device=parts.device,
         )
+        return loss, dict[str, Stat](stats)
     return _msn_forward(parts, batch)
 
 
-def _msn_forward(parts: TrainParts, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def _msn_forward(parts: TrainParts, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Stat]]:
     config = parts.config
     anchor = parts.msn_anchor
     if not isinstance(parts.target, MSNTarget):
@@ -288,24 +378,35 @@ def _msn_forward(parts: TrainParts, batch: dict[str, torch.Tensor]) -> tuple[tor
         sinkhorn_iters=config.loss.sinkhorn_iters,
         me_max_weight=config.loss.me_max_weight,
     )
-    stats = {
-        "cross_entropy": float(out.cross_entropy.detach()),
-        "mean_entropy": float(out.mean_entropy.detach()),
-        "target_max": float(out.targets.max(dim=1).values.mean()),
-        "distinct_targets": float(out.targets.argmax(dim=1).unique().numel()),
-        "agreement": argmax_agreement(
-            anchors.detach().float(), out.targets, prototypes.detach().float(), config
-        ),
-    }
+    with torch.no_grad():  # device tensors: no host/device synchronisation here
+        target_choice = out.targets.argmax(dim=1)
+        chosen = torch.zeros(out.targets.shape[1], device=out.targets.device)
+        stats: dict[str, Stat] = {
+            "cross_entropy": out.cross_entropy.detach(),
+            "mean_entropy": out.mean_entropy.detach(),
+            "target_max": out.targets.max(dim=1).values.mean(),
+            "distinct_targets": chosen.index_fill_(0, target_choice, 1.0).sum(),  # unique() would sync
+            "agreement": agreement_tensor(
+                anchors.detach().float(), out.targets, prototypes.detach().float(), config
+            ),
+        }
     return out.loss, stats
+
+
+def agreement_tensor(
+    anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor, config: PretrainConfig
+) -> torch.Tensor:
+    """Share of anchor views whose most likely prototype is their target's (view-major rows),
+    a device scalar."""
+    anchor_choice = anchor_log_probabilities(anchors, prototypes, config.loss.tau).argmax(dim=1)
+    return (anchor_choice == targets.argmax(dim=1)).float().mean()
 
 
 def argmax_agreement(
     anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor, config: PretrainConfig
 ) -> float:
-    """Share of anchor views whose most likely prototype is their target's (view-major rows)."""
-    anchor_choice = anchor_log_probabilities(anchors, prototypes, config.loss.tau).argmax(dim=1)
-    return float((anchor_choice == targets.argmax(dim=1)).float().mean())
+    """``agreement_tensor`` read as a float."""
+    return float(agreement_tensor(anchors, targets, prototypes, config))
 
 
 def _optimise(parts: TrainParts, loss: torch.Tensor, frozen: list[nn.Parameter]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,4 +49,6 @@ def test_short_fuzzing_run_finds_nothing(tmp_path: Path) -> None:
     )
     crashes = list(tmp_path.glob("crash-*"))
     assert result.returncode == 0 and not crashes, result.stderr[-3000:]
-    assert "Done 4000 runs" in result.stderr
+    # libFuzzer may finish a few runs past -runs (seen: 4004 when a run found new coverage)
+    done = re.search(r"Done (\d+) runs", result.stderr)
+    assert done is not None and int(done[1]) >= 4000, result.stderr[-2000:]

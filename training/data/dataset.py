@@ -16,6 +16,9 @@ class PretrainDataset(Dataset[dict[str, torch.Tensor]]):
     ``boxes`` (int [N, 4]: top, left, height, width; the cache's ``whole`` layout) cuts each
     film out of its padded square before the views are drawn, so random crops see the whole
     film and never the padding; None: the whole square is the image.
+
+    With ``MultiViewTransform(..., uint8=True)`` (pretraining's) the views are uint8 grey
+    [.., 1, S, S]; ``training.train_step`` normalises them on the device.
     """
 
     def __init__(

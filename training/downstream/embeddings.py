@@ -15,6 +15,7 @@ with its size, so any change gives a new file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -39,6 +40,16 @@ from training.run_folder import ENCODER_FILES
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: images decoded at reduced resolution where the codec can (issue 18)
+
+
+def cuda_precision(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast, with TF32 matmuls and convolutions for what stays float32, on CUDA
+    (as pretraining runs); a no-op elsewhere, so CPU results are float32 as before."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
 @dataclass
@@ -189,7 +200,13 @@ def embed_files(
     dataset = FileViews(paths, encoder.preprocessing, augment=augment, copies=copies, seed=seed)
     per_batch = max(1, batch_size // (1 + copies))
     loader: DataLoader[Any] = DataLoader(
-        dataset, batch_size=per_batch, num_workers=workers, collate_fn=collate_views
+        dataset,
+        batch_size=per_batch,
+        num_workers=workers,
+        collate_fn=collate_views,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
     )
     width = model.encoder.embed_dim
     embeddings = np.zeros((len(paths), 1 + copies, width), dtype=np.float32)
@@ -197,8 +214,9 @@ def embed_files(
     for _, good, views in loader:
         if not good:
             continue
-        flat = views.reshape(-1, *views.shape[2:]).to(device)
-        out = model.embed(flat).float().cpu().numpy()
+        flat = views.to(device, non_blocking=True).flatten(0, 1)  # copy as loaded, reshape there
+        with cuda_precision(device):
+            out = model.embed(flat).float().cpu().numpy()
         embeddings[good] = out.reshape(len(good), 1 + copies, width)
         decoded += good
     failed = sorted(set(range(len(paths))) - set(decoded))

@@ -62,7 +62,7 @@ from training.downstream.data import (
     pretraining_overlap,
     resolve_manifest,
 )
-from training.downstream.embeddings import Encoder, load_encoder
+from training.downstream.embeddings import Encoder, cuda_precision, load_encoder
 from training.downstream.images import CachedViews
 from training.downstream.linear import RunResult, RunSpec, masked_bce
 from training.downstream.linear_eval import encoder_summary
@@ -286,14 +286,15 @@ def _train_epoch(
     model.train()
     losses = []
     for views, items in itertools.islice(loader, steps):
-        logits = _logits(model, views.to(device))
-        loss = masked_bce(logits, targets[items].to(device), mask[items].to(device))
+        with cuda_precision(device):  # bf16 autocast on CUDA, float32 on the CPU
+            logits = _logits(model, views.to(device))
+        loss = masked_bce(logits.float(), targets[items].to(device), mask[items].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # read once per epoch, not once per step
     model.eval()
-    return float(np.mean(losses))
+    return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
 @torch.inference_mode()
@@ -312,10 +313,11 @@ def predict_cached(
         batch_size=config.data.embed_batch_size,
         num_workers=config.data.workers,
     )
-    out = [
-        torch.sigmoid(model.forward_head(model.forward_features(views.to(device))[0])).cpu()
-        for views, _ in loader
-    ]
+    out = []
+    for views, _ in loader:
+        with cuda_precision(device):
+            logits = model.forward_head(model.forward_features(views.to(device))[0])
+        out.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), dtype=np.float32)
 
 

@@ -9,6 +9,12 @@ the same mean/std as inference.
 
 Randomness comes from an optional ``torch.Generator``, else torch's global generator
 (which DataLoader seeds per worker).
+
+``MultiViewTransform(..., uint8=True)`` (what pretraining's loader uses) ships each view
+as the resized uint8 grey crop [1, S, S] (the same crops and flips, drawn in the same
+order): about 0.19 MB per image at the paper's views instead of 2.3 MB of normalised
+float32, through the loader's shared memory and the host-to-device copy. ``to_model_input``
+repeats and normalises them on the device, as ``normalise`` does on the host.
 """
 
 from __future__ import annotations
@@ -28,9 +34,23 @@ RATIO = (3 / 4, 4 / 3)
 
 @dataclass(frozen=True)
 class MultiView:
-    target: torch.Tensor  # [3, target_size, target_size]
-    rand: torch.Tensor  # [rand_views, 3, rand_size, rand_size]
-    focal: torch.Tensor  # [focal_views, 3, focal_size, focal_size]
+    target: torch.Tensor  # [3, target_size, target_size] (uint8: [1, ...])
+    rand: torch.Tensor  # [rand_views, 3, rand_size, rand_size] (uint8: [rand_views, 1, ...])
+    focal: torch.Tensor  # [focal_views, 3, focal_size, focal_size] (uint8: [focal_views, 1, ...])
+
+
+def to_model_input(views: torch.Tensor, preprocess: PreprocessConfig = DEFAULT_PREPROCESS) -> torch.Tensor:
+    """uint8 grey views [..., 1, S, S] -> normalised float32 [..., 3, S, S] where they are (the
+    device); float views (already normalised) are returned unchanged. Python scalars only: a
+    mean/std tensor made for a CUDA device would be a blocking host-to-device copy."""
+    if views.dtype != torch.uint8:
+        return views
+    grey = views.float()
+    channels = [
+        (grey - 255.0 * mean) * (1.0 / (255.0 * std))
+        for mean, std in zip(preprocess.mean, preprocess.std, strict=True)
+    ]
+    return torch.cat(channels, dim=-3)
 
 
 def sample_crop_box(
@@ -79,11 +99,14 @@ def random_view(
     generator: torch.Generator | None = None,
     preprocess: PreprocessConfig = DEFAULT_PREPROCESS,
 ) -> torch.Tensor:
-    """Grey float [1, H, W] in [0, 1] -> normalised [3, size, size]."""
+    """Grey float [1, H, W] in [0, 1] -> normalised [3, size, size]; grey uint8 [1, H, W] ->
+    the uint8 view [1, size, size] (normalised later by ``to_model_input``)."""
     top, left, h, w = sample_crop_box(grey.shape[-2], grey.shape[-1], scale, generator=generator)
     view = TF.resized_crop(grey, top, left, h, w, [size, size], antialias=True)
     if float(torch.rand(1, generator=generator)) < flip_p:
         view = TF.horizontal_flip(view)
+    if view.dtype == torch.uint8:
+        return view.contiguous()
     normalised = normalise(view[0].clamp(0, 1).numpy(), preprocess)
     return torch.from_numpy(normalised)
 
@@ -91,14 +114,20 @@ def random_view(
 class MultiViewTransform:
     """A cached uint8 [H, W] image -> ``MultiView``."""
 
-    def __init__(self, config: ViewsConfig, *, preprocess: PreprocessConfig = DEFAULT_PREPROCESS) -> None:
+    def __init__(
+        self, config: ViewsConfig, *, preprocess: PreprocessConfig = DEFAULT_PREPROCESS, uint8: bool = False
+    ) -> None:
         self.config = config
         self.preprocess = preprocess
+        self.uint8 = uint8  # ship uint8 grey views; ``to_model_input`` normalises them
 
     def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> MultiView:
         if image.ndim != 2 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
-        grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+        if self.uint8:
+            grey = torch.from_numpy(np.ascontiguousarray(image))[None]
+        else:
+            grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
         c = self.config
         return MultiView(
             target=self._view(grey, c.target_size, c.target_scale, generator),
@@ -122,5 +151,9 @@ class MultiViewTransform:
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         if count == 0:
-            return torch.zeros(0, 3, size, size)
+            return (
+                torch.zeros(0, 1, size, size, dtype=torch.uint8)
+                if self.uint8
+                else torch.zeros(0, 3, size, size)
+            )
         return torch.stack([self._view(grey, size, scale, generator) for _ in range(count)])
