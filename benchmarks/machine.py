@@ -12,7 +12,6 @@ import os
 import platform
 import time
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 #: x86 flags recorded (as /proc/cpuinfo names them): AVX2, AVX-512 (foundation, VNNI, BF16),
@@ -24,23 +23,15 @@ PACKAGES = ("numpy", "onnxruntime", "torch", "pillow", "pydicom", "pylibjpeg-ope
 
 def cpu_info(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str, Any]:
     """CPU model, architecture, logical CPUs and ``CPU_FLAGS`` (None each where not x86 Linux)."""
-    model, flags = "", None
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and flags is None:
-            flags = set(value.split())
+    from cxrmsn.repository import cpu_features
+
+    cpu = cpu_features(cpuinfo, CPU_FLAGS)
     return {
-        "model": model or platform.processor() or "unknown",
-        "machine": platform.machine(),
+        "model": cpu["model"],
+        "machine": cpu["machine"],
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "flags": {name: (name in flags if flags is not None else None) for name in CPU_FLAGS},
+        "flags": cpu["flags"],
     }
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,11 @@ def verified_file(repository: str | os.PathLike[str], manifest: RepositoryManife
     return path
 
 
-def cpu_features(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str, Any]:
-    """This CPU as ONNX Runtime's int8 kernels see it: model name, machine and INT8_CPU_FLAGS.
+def cpu_features(
+    cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", names: Sequence[str] = INT8_CPU_FLAGS
+) -> dict[str, Any]:
+    """This CPU as ONNX Runtime's int8 kernels see it: model name, machine and the x86 flags
+    ``names`` (by default INT8_CPU_FLAGS), each True or False.
 
     A flag is None where ``cpuinfo`` lists no x86 flags (another OS or architecture).
     """
@@ -432,7 +436,7 @@ def cpu_features(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str,
     return {
         "model": model or platform.processor() or "unknown",
         "machine": platform.machine(),
-        "flags": {name: (name in flags if flags is not None else None) for name in INT8_CPU_FLAGS},
+        "flags": {name: (name in flags if flags is not None else None) for name in names},
     }
 
 
