@@ -155,7 +155,14 @@ def test_report_writes_markdown_html_and_figures(
     text = (out / "report.md").read_text()
     assert "not for clinical use" in text and "not annotated in the test split" in text
     assert "| Cardiomegaly |" in text and "cosine_lr0.01" in text
-    figures = ("roc_curves.png", "pr_curves.png", "embeddings.png", "attention.png", "training_curves.png")
+    figures = (
+        "roc_curves.png",
+        "pr_curves.png",
+        "embeddings.png",
+        "attention.png",
+        "training_curves.png",
+        "reliability.png",  # calibration before and after (linear evaluation fits temperatures)
+    )
     for name in figures:
         with Image.open(out / name) as image:
             assert image.size[0] > 300 and image.size[1] > 200
@@ -210,7 +217,7 @@ def test_report_html_renders_in_chromium_with_every_figure(
     sizes = page.eval_on_selector_all("img", "images => images.map(i => [i.complete, i.naturalWidth])")
     page.screenshot(path=str(screenshot_path("report.png")), full_page=True)
     page.close()
-    assert len(sizes) == 5 and all(complete and width > 300 for complete, width in sizes)
+    assert len(sizes) == 6 and all(complete and width > 300 for complete, width in sizes)
     assert problems == []
 
 
