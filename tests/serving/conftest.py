@@ -43,28 +43,27 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_server(repository: Path, log_path: Path, *, verbose: bool = False, **env: str) -> RunningServer:
-    port = free_port()
+    environment = {"MODEL_REPOSITORY": str(repository), "CXR_MSN_ORT_THREADS": "2", **env}
     bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", "serving.service:CXRService", *(["--verbose"] if verbose else [])]
+    return launch(command, log_path, environment, name="bentoml serve", ready_s=90)
+
+
+def launch(
+    command: list[str], log_path: Path, env: dict[str, str], *, name: str, ready_s: float
+) -> RunningServer:
+    """Start ``command --host 127.0.0.1 --port PORT`` on a free port (its own BENTOML_HOME
+    beside the log unless ``env`` names one) and wait for /readyz."""
+    port = free_port()
     environment = {
         **os.environ,
-        "MODEL_REPOSITORY": str(repository),
-        "CXR_MSN_ORT_THREADS": "2",
         "BENTOML_HOME": str(log_path.parent / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "true",
         **env,
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                str(bentoml),
-                "serve",
-                "serving.service:CXRService",
-                *(["--verbose"] if verbose else []),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT,
             env=environment,
             stdout=log,
@@ -72,10 +71,10 @@ def start_server(repository: Path, log_path: Path, *, verbose: bool = False, **e
             start_new_session=True,
         )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log()[-3000:]}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log()[-3000:]}")
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
                 return server
@@ -83,7 +82,7 @@ def start_server(repository: Path, log_path: Path, *, verbose: bool = False, **e
             pass
         time.sleep(0.5)
     stop_server(server)
-    raise RuntimeError(f"bentoml serve did not become ready:\n{server.log()[-3000:]}")
+    raise RuntimeError(f"{name} did not become ready:\n{server.log()[-3000:]}")
 
 
 def stop_server(server: RunningServer) -> None:

@@ -5,8 +5,6 @@ value or file name reaches the log."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.middleware import FRAMEWORK_ERROR_LOGGER, withhold_framework_error_details
 from tests.helpers import chest_like_picture, to_png
-from tests.serving.conftest import REPO_ROOT, RunningServer, free_port, stop_server
+from tests.serving.conftest import RunningServer, launch, stop_server
 
 PNG = to_png(chest_like_picture(64, 64))
 MARKER = "QQLOGMARKER7731"
@@ -36,33 +34,9 @@ def error_count(client: httpx.Client, code: str) -> float:
 
 def start_cxr_msn_serve(repository: Path, log_path: Path, bentoml_home: Path) -> RunningServer:
     """`cxr-msn serve` (not `bentoml serve`): the command that sets up the metrics directory."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "CXR_MSN_ORT_THREADS": "1",
-        "BENTOML_HOME": str(bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
     command = [str(Path(sys.executable).with_name("cxr-msn")), "serve", "--repository", str(repository)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"cxr-msn serve did not become ready:\n{server.log()[-3000:]}")
+    environment = {"CXR_MSN_ORT_THREADS": "1", "BENTOML_HOME": str(bentoml_home)}
+    return launch(command, log_path, environment, name="cxr-msn serve", ready_s=120)
 
 
 def metrics_directory(server: RunningServer) -> Path:
