@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,3 +93,14 @@ class ServingConfig:
             decode_deadline_s=_env_float("CXR_MSN_DECODE_DEADLINE_S", 10.0, minimum=0.1),
             decode_memory_mib=_env_int("CXR_MSN_DECODE_MEMORY_MIB", 1536, minimum=MIN_DECODE_MEMORY_MIB),
         )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--repository and --variant, as the offline commands (predict, listen) take them."""
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
+        help="model repository (env MODEL_REPOSITORY)",
+    )
+    parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")

@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from serving.config import add_model_arguments
+
 HELP = "DICOM C-STORE listener: predict on received chest X-rays, store SR + heatmap at a PACS"
 
 
@@ -50,13 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=int, default=10, help="tries before an item is moved aside")
     parser.add_argument("--retry-base-s", type=float, default=5.0, help="first retry delay (doubles per try)")
     parser.add_argument("--retry-max-s", type=float, default=600.0, help="longest retry delay")
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
-        help="model repository (env MODEL_REPOSITORY)",
-    )
-    parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
+    add_model_arguments(parser)
     parser.add_argument(
         "--decode-workers",
         type=int,

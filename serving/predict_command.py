@@ -13,26 +13,20 @@ import argparse
 import base64
 import csv
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cxrmsn.fileio import atomic_write_bytes
+from serving.config import add_model_arguments
 
 HELP = "predict on image files or folders without a server (table, JSON or CSV)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them")
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")),
-        help="model repository (env MODEL_REPOSITORY)",
-    )
-    parser.add_argument("--variant", default=None, help="model variant; default: the manifest's default")
+    add_model_arguments(parser)
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     parser.add_argument("--overlay-dir", type=Path, default=None, help="write attention overlay PNGs here")
     parser.add_argument(
