@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save as save_tensors
+try:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save as save_tensors
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("cxrmsn.checkpoint needs torch and safetensors: pip install 'cxr-msn[train]'") from exc
 
 from cxrmsn.fileio import atomic_write_bytes
 from cxrmsn.labels import LABELS, check_labels

@@ -15,6 +15,18 @@ from importlib.metadata import entry_points
 from types import ModuleType
 
 ENTRY_POINT_GROUP = "cxr_msn.commands"
+#: The pyproject extra each subtree's commands need, named when its import fails.
+EXTRA_BY_PACKAGE = {"serving": "serve", "export": "export", "training": "train", "cxrmsn": "train"}
+
+
+def install_hint(module_path: str) -> str:
+    extra = EXTRA_BY_PACKAGE.get(module_path.split(".")[0], "train")
+    return f"pip install 'cxr-msn[{extra}]'"
+
+
+def missing_extra_help(module_path: str, error: ImportError) -> str:
+    missing = error.name or str(error)
+    return f"(unavailable: {missing} is not installed; {install_hint(module_path)})"
 
 
 def _commands() -> dict[str, str]:
@@ -37,8 +49,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         try:
             module = importlib.import_module(module_path)
         except ImportError as exc:
-            missing = exc.name or str(exc)
-            subparsers.add_parser(name, help=f"(unavailable: {missing} is not installed)")
+            subparsers.add_parser(name, help=missing_extra_help(module_path, exc))
             continue
         sub = subparsers.add_parser(
             name,
@@ -59,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command not in modules:
-        parser.error(f"'{args.command}' needs an extra that is not installed; see the README")
-    return int(modules[args.command].run(args) or 0)
+        hint = install_hint(_commands()[args.command])
+        parser.error(f"'{args.command}' needs an extra that is not installed: {hint}")
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except ImportError as exc:  # a heavy import inside run(): name the extra, not a traceback
+        missing = (exc.name or "").split(".")[0]
+        if not missing or missing in EXTRA_BY_PACKAGE:
+            raise
+        hint = install_hint(_commands()[args.command])
+        parser.exit(2, f"cxr-msn {args.command}: {missing} is not installed; {hint}\n")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,22 @@ def test_init_checkpoint_preprocesses_to_the_architectures_input_size(tmp_path: 
 
     preprocessing = read_metadata(out).preprocessing
     assert (preprocessing["resize"], preprocessing["crop"]) == (64, 64)
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra_to_install() -> None:
+    # torch blocked in a fresh interpreter, as in a `serve`-only install.
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from cxrmsn.cli import main\n"
+        "sys.argv = ['cxr-msn', 'pretrain', '--config', 'smoke', '--out', 'unused']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "pip install 'cxr-msn[train]'" in result.stderr
+
+
+def test_the_checkpoint_module_names_its_extra_when_torch_is_missing() -> None:
+    script = "import sys; sys.modules['torch'] = None\nimport cxrmsn.checkpoint\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "pip install 'cxr-msn[train]'" in result.stderr
