@@ -29,7 +29,9 @@ class DataConfig:
     max_images: int = 0  # a seeded random subset of this many images; 0: all
     cache_dir: str = "~/.cache/cxr-msn/images"
     cache_size: int = 256  # cached images: the whole film, longer side at this size, on a padded square
-    num_workers: int = 2  # DataLoader worker processes
+    # DataLoader worker processes; None (the default): the cores this rank may use less one,
+    # at most 16 (training.pretrain_data.default_workers); 0 loads in the training process.
+    num_workers: int | None = None
     cache_workers: int = 2  # processes decoding images while the cache is built
 
     def __post_init__(self) -> None:
@@ -38,7 +40,8 @@ class DataConfig:
         unknown = set(self.splits) - {"train", "valid", "test"}
         if not self.splits or unknown:
             raise ValueError(f"data.splits must name train/valid/test, got {self.splits}")
-        if self.max_images < 0 or self.cache_size < 16 or self.num_workers < 0 or self.cache_workers < 1:
+        workers = 0 if self.num_workers is None else self.num_workers
+        if self.max_images < 0 or self.cache_size < 16 or workers < 0 or self.cache_workers < 1:
             raise ValueError(
                 "need data.max_images >= 0, data.cache_size >= 16, data.num_workers >= 0 and "
                 f"data.cache_workers >= 1; got {self.max_images}, {self.cache_size}, "

@@ -25,7 +25,13 @@ than ``train.min_delta``), tracked whether or not early stopping is on.
 
 Seeding: torch's generator is seeded with ``train.seed`` before the networks are built,
 and with (seed, epoch, rank) at the start of every epoch, so a resumed run repeats the
-interrupted epoch exactly as an uninterrupted run would have run it.
+interrupted epoch exactly as an uninterrupted run would have run it (persistent loader
+workers are reseeded per epoch to keep this: ``training.pretrain_data.EpochSeededSampler``).
+
+Host/device synchronisation: the step's statistics stay on the device (``run_step``,
+``EpochSums``) and are read only at the logged steps (``train.log_every`` and each epoch's
+last) and once for the epoch's means; a non-finite loss raises ``FloatingPointError`` at the
+next read, naming its step, before the epoch is recorded or checkpointed (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -53,7 +59,6 @@ from training.data.manifest import read_manifest
 from training.distributed import (
     DistInfo,
     all_gather_objects,
-    all_reduce_sum_,
     barrier,
     broadcast_buffers,
     init_distributed,
@@ -70,9 +75,15 @@ from training.monitor import (
     measure,
     probe_auroc,
 )
-from training.pretrain_data import PretrainData, prepare_data
+from training.pretrain_data import (
+    PretrainData,
+    loader_settings,
+    prepare_data,
+    resolve_workers,
+    seeded_for_persistent_workers,
+)
 from training.run_folder import ENCODER_FILES, CsvLog, code_version, peak_memory_mb, write_json
-from training.train_step import KEPT_WEIGHTS, TrainParts, build_parts, train_step
+from training.train_step import KEPT_WEIGHTS, EpochSums, StepStats, TrainParts, build_parts, run_step
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +297,9 @@ def _measure(parts: TrainParts, probe: ProbeSet) -> dict[str, Any]:
 def make_loader(
     data: PretrainData, config: PretrainConfig, dist_info: DistInfo
 ) -> tuple[DataLoader[dict[str, torch.Tensor]], DistributedSampler[int]]:
-    """Shuffled, seeded per epoch, split over the ranks; incomplete batches are dropped."""
+    """Shuffled, seeded per epoch, split over the ranks; incomplete batches are dropped.
+    ``data.num_workers`` processes (unset: ``default_workers()``), persistent across epochs,
+    with ``loader_settings``' prefetching and (CUDA) pinned batches."""
     per_rank, remainder = divmod(config.train.batch_size, dist_info.world_size)
     if remainder or per_rank < 2:
         raise ValueError(
@@ -303,13 +316,19 @@ def make_loader(
         seed=config.train.seed,
         drop_last=True,
     )
-    loader = DataLoader(
-        data.dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        num_workers=config.data.num_workers,
-        pin_memory=dist_info.device.type == "cuda",
-        drop_last=True,
+    workers = resolve_workers(config.data.num_workers)
+    settings = loader_settings(workers, dist_info)
+    # Persistent workers keep their generators across epochs: reseeded per epoch instead, so
+    # the views (and torch's generator in this process) are those of a loader without them.
+    dataset, epoch_sampler = seeded_for_persistent_workers(data.dataset, sampler, workers)
+    if workers:  # its own draws (the first iterator's base seed) leave torch's generator alone
+        settings["generator"] = torch.Generator()
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=epoch_sampler, drop_last=True, **settings)
+    log.info(
+        "data loader: %d worker process(es)%s%s",
+        workers,
+        " (data.num_workers unset: this rank's cores less one)" if config.data.num_workers is None else "",
+        ", pinned batches" if settings["pin_memory"] else "",
     )
     return loader, sampler
 
@@ -342,28 +361,28 @@ def run_epoch(
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist_info.device)
     names = METHOD_STATS[config.method]
-    sums = [0.0] * (len(names) + 1)  # the step means of ``names``, then the step count
+    sums = EpochSums(names, dist_info.device)
+    last: StepStats | None = None
     started = time.perf_counter()
-    stats: dict[str, float] = {}
     for index, batch in enumerate(_progress(loader, steps_per_epoch, epoch, dist_info, config)):
         step = epoch * steps_per_epoch + index
-        stats = train_step(parts, batch, step)
-        for i, name in enumerate(names):
-            sums[i] += stats[name]
-        sums[-1] += 1
-        if dist_info.is_main and (step % config.train.log_every == 0 or index == steps_per_epoch - 1):
-            _log_step(logs, epoch, step, stats)
+        last = run_step(parts, batch, step)  # statistics stay on the device: no waiting here
+        sums.add(last)
+        if step % config.train.log_every == 0 or index == steps_per_epoch - 1:
+            stats = sums.read(last)  # every rank: the finiteness check is a collective
+            if dist_info.is_main:
+                _log_step(logs, epoch, step, stats)
+    means = sums.means()  # the epoch's one read of the sums (and the finiteness of every step)
     seconds = time.perf_counter() - started
-    totals = all_reduce_sum_(torch.tensor(sums, dtype=torch.float64, device=dist_info.device))
-    means = dict(zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True))
     loss = means["loss"]
     patience_exhausted = state.stopping.update(loss, epoch)
-    images = int(totals[-1]) // dist_info.world_size * config.train.batch_size
+    images = sums.steps * config.train.batch_size
+    values = last.values if last is not None else {}
     record = {
         "epoch": epoch + 1,
         **means,
-        "lr": stats.get("lr", 0.0),
-        "momentum": stats.get("momentum", ""),
+        "lr": float(values.get("lr", 0.0)),
+        "momentum": float(values["momentum"]) if "momentum" in values else "",
         "steps": steps_per_epoch,
         "images": images,
         "seconds": round(seconds, 2),

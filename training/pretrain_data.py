@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from training.config import PretrainConfig
 from training.data.cache import load_or_build_cache
@@ -29,6 +33,10 @@ from training.msn.views import MultiViewTransform
 log = logging.getLogger(__name__)
 WAIT_S = 24 * 3600.0  # how long other ranks wait for rank 0's imputer or a machine's image cache
 PREFETCH_FACTOR = 4  # batches each loader worker keeps ready
+# The default's ceiling: the paper's views take about 7.4 ms of one core per image, so 16
+# workers make about 2,000 images/s, 2x the goal for ViT-T on one H100/H200 (issue 18);
+# more would only multiply processes and prefetched batches on large machines.
+MAX_DEFAULT_WORKERS = 16
 
 
 def cores_per_rank(local_world_size: int | None = None) -> int:
@@ -40,8 +48,14 @@ def cores_per_rank(local_world_size: int | None = None) -> int:
 
 
 def default_workers(local_world_size: int | None = None) -> int:
-    """Loader workers per rank: the rank's cores less one for the training process itself."""
-    return max(1, cores_per_rank(local_world_size) - 1)
+    """Loader workers per rank (``data.num_workers`` unset): the rank's cores less one for the
+    training process itself, at least 1 and at most ``MAX_DEFAULT_WORKERS``."""
+    return max(1, min(MAX_DEFAULT_WORKERS, cores_per_rank(local_world_size) - 1))
+
+
+def resolve_workers(num_workers: int | None, local_world_size: int | None = None) -> int:
+    """``data.num_workers`` as a count: None is ``default_workers()``; 0 stays 0."""
+    return default_workers(local_world_size) if num_workers is None else num_workers
 
 
 def loader_settings(workers: int, dist_info: DistInfo) -> dict[str, Any]:
@@ -52,6 +66,66 @@ def loader_settings(workers: int, dist_info: DistInfo) -> dict[str, Any]:
     if workers > 0:
         settings |= {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR}
     return settings
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Wraps the loader's sampler for persistent workers: yields (epoch seed, index), the seed
+    drawn from torch's generator when an epoch's iteration starts, as a new (non-persistent)
+    loader iterator draws its workers' base seed. ``EpochSeededDataset`` reseeds each worker
+    with it on the epoch's first item, so every epoch's views are those a fresh set of
+    workers would make: a resumed run repeats an epoch exactly, as without persistent workers.
+    """
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())  # the host RNG, no device
+        return ((seed, index) for index in self.sampler)
+
+
+class EpochSeededDataset(Dataset[dict[str, torch.Tensor]]):
+    """Item (seed, i) is ``dataset[i]``; a new seed first reseeds this worker process exactly as
+    torch seeds a new worker (``seed_worker``)."""
+
+    def __init__(self, dataset: PretrainDataset) -> None:
+        self.dataset = dataset
+        self._seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        seed, item = key
+        if seed != self._seed:
+            self._seed = seed
+            seed_worker(seed)
+        return self.dataset[item]
+
+
+def seed_worker(base_seed: int) -> None:
+    """Seed this process's random, torch and numpy generators as torch's DataLoader seeds worker
+    ``get_worker_info().id`` of an iterator whose base seed is ``base_seed``."""
+    from torch.utils.data._utils.worker import _generate_state
+
+    info = get_worker_info()
+    worker = 0 if info is None else info.id
+    random.seed(base_seed + worker)
+    torch.manual_seed(base_seed + worker)
+    np.random.seed(_generate_state(base_seed, worker))
+
+
+def seeded_for_persistent_workers(
+    dataset: PretrainDataset, sampler: Sampler[int], workers: int
+) -> tuple[Dataset[Any], Sampler[Any]]:
+    """The dataset and sampler to give a DataLoader with ``loader_settings(workers, ...)``: as
+    they are without workers, wrapped (``EpochSeededSampler``) with persistent workers."""
+    if workers == 0:
+        return dataset, sampler
+    return EpochSeededDataset(dataset), EpochSeededSampler(sampler)
 
 
 @dataclass

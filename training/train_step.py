@@ -31,7 +31,7 @@ from training.baselines.dino import DINOStudent, DINOTeacher, dino_forward
 from training.baselines.dino_loss import teacher_temperature
 from training.baselines.mae import MAEModel, mae_forward
 from training.config import PretrainConfig
-from training.distributed import DistInfo
+from training.distributed import DistInfo, all_reduce_sum_
 from training.msn.ema import ema_update_, momentum_at
 from training.msn.masking import sample_keep_indices
 from training.msn.model import MSNAnchor, MSNTarget, num_patches
@@ -262,15 +262,22 @@ class StepStats:
 
 @dataclass
 class EpochSums:
-    """Sums of the steps' statistics, read once (e.g. at the end of an epoch): device tensors
-    summed on the device, host floats (lr, momentum) on the host; nothing is copied either way
-    until ``means``."""
+    """Sums of the steps' statistics over an epoch: device tensors summed on the device, host
+    floats (lr, momentum) on the host; nothing is copied either way until ``read`` (a logged
+    step) or ``means`` (the epoch's end).
+
+    Both check every step added so far, not only the one read: a non-finite loss raises
+    ``FloatingPointError`` at the next read after it, naming its step and value. Under DDP
+    both are collectives (every rank calls them at the same steps) and every rank raises
+    when any rank saw a non-finite loss, so no rank is left waiting in the next all-reduce.
+    """
 
     names: tuple[str, ...]
     device: torch.device
     sums: dict[str, torch.Tensor | float] = field(default_factory=dict)
     steps: int = 0
-    first_bad_step: torch.Tensor | None = field(default=None, repr=False)
+    first_bad_step: torch.Tensor | None = field(default=None, repr=False)  # -1 while all finite
+    first_bad_loss: torch.Tensor | None = field(default=None, repr=False)  # the loss at that step
 
     def add(self, stats: StepStats) -> None:
         for name in self.names:
@@ -279,24 +286,67 @@ class EpochSums:
                 value = value.detach().double().reshape(())
             previous = self.sums.get(name)
             self.sums[name] = value if previous is None else previous + value
-        # -1 while every loss so far was finite, else the first bad step (scalars: no copy)
-        bad = torch.where(stats.finite, -1, stats.step)
-        if self.first_bad_step is None:
-            self.first_bad_step = bad
+        # Device scalars (torch.where with Python scalars copies nothing from the host).
+        loss = stats.values["loss"]
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().double().reshape(())
         else:
-            self.first_bad_step = torch.where(self.first_bad_step >= 0, self.first_bad_step, bad)
+            loss = torch.full((), loss, dtype=torch.float64, device=stats.finite.device)
+        bad = torch.where(stats.finite, -1, stats.step)
+        if self.first_bad_step is None or self.first_bad_loss is None:
+            self.first_bad_step, self.first_bad_loss = bad, loss
+        else:
+            fresh = self.first_bad_step < 0
+            self.first_bad_loss = torch.where(fresh, loss, self.first_bad_loss)
+            self.first_bad_step = torch.where(fresh, bad, self.first_bad_step)
         self.steps += 1
 
+    def read(self, stats: StepStats) -> dict[str, float]:
+        """``stats`` (the last step added) as floats, in one device-to-host transfer, after
+        checking every step added so far on every rank (``FloatingPointError``)."""
+        names = [name for name, value in stats.values.items() if isinstance(value, torch.Tensor)]
+        tensors = [stats.values[name].detach().double().reshape(()) for name in names]  # type: ignore[union-attr]
+        check = self._check()
+        flat = torch.cat([torch.stack(tensors), check]).tolist() if tensors else check.tolist()
+        self._raise_if_bad(flat[len(tensors) :])
+        read = dict(zip(names, flat[: len(tensors)], strict=True))
+        return {name: read[name] if name in read else float(value) for name, value in stats.values.items()}
+
     def means(self) -> dict[str, float]:
-        """Step means (one transfer); FloatingPointError when any added step's loss was not finite."""
-        if not self.steps or self.first_bad_step is None:
+        """Step means over the steps of every rank (one all-reduce, one transfer);
+        ``FloatingPointError`` when any step's loss on any rank was not finite."""
+        if not self.steps:
             return {}
-        tensors = {name: v for name, v in self.sums.items() if isinstance(v, torch.Tensor)}
-        flat = torch.stack([*tensors.values(), self.first_bad_step.double().reshape(())]).tolist()
-        if flat[-1] >= 0:
-            raise FloatingPointError(f"the loss was not finite at step {int(flat[-1])}")
-        read = dict(zip(tensors, flat[:-1], strict=True))
-        return {name: float(read.get(name, self.sums[name])) / self.steps for name in self.names}
+        values = [
+            value if isinstance(value, torch.Tensor) else self._scalar(float(value))
+            for value in (self.sums[name] for name in self.names)
+        ]
+        totals = all_reduce_sum_(torch.stack([*values, self._scalar(float(self.steps))]))
+        flat = torch.cat([totals, self._check()]).tolist()
+        self._raise_if_bad(flat[len(values) + 1 :])
+        steps = flat[len(values)]
+        return {name: total / steps for name, total in zip(self.names, flat[: len(values)], strict=True)}
+
+    def _scalar(self, value: float) -> torch.Tensor:
+        return torch.full((), value, dtype=torch.float64, device=self.device)
+
+    def _check(self) -> torch.Tensor:
+        """[first bad step here (-1: none), its loss, ranks that saw a bad step] on the device."""
+        if self.first_bad_step is None or self.first_bad_loss is None:  # no step added yet
+            step, loss, bad = self._scalar(-1.0), self._scalar(0.0), self._scalar(0.0)
+        else:
+            step, loss = self.first_bad_step.double(), self.first_bad_loss
+            bad = (self.first_bad_step >= 0).double()
+        ranks = all_reduce_sum_(bad.reshape(1).clone())
+        return torch.cat([step.reshape(1), loss.reshape(1), ranks])
+
+    @staticmethod
+    def _raise_if_bad(check: list[float]) -> None:
+        step, loss, ranks = check
+        if step >= 0:
+            raise FloatingPointError(f"the loss is {loss} at step {int(step)}")
+        if ranks > 0:
+            raise FloatingPointError(f"the loss was not finite on {int(ranks)} other rank(s)")
 
 
 def train_step(parts: TrainParts, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:

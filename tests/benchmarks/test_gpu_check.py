@@ -140,3 +140,59 @@ def test_main_on_a_gpu_writes_every_section(
     stored = json.loads((tmp_path / "results-gpu.json").read_text())
     assert list(stored["sections"]) == list(gpu_check.SECTIONS)
     assert "wrote" in capsys.readouterr().out
+
+
+# -- the sections' code on a CPU at toy sizes (proves the code paths, not GPU figures) ----------
+
+
+def _toy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import apply_overrides
+
+    real = gpu_check._config
+
+    def tiny(arch: str, batch_size: int, **overrides: str) -> Any:
+        toy = [
+            "model.arch=vit_nano_patch16_224",
+            "views.target_size=32",
+            "views.rand_size=32",
+            "views.focal_size=16",
+            "views.focal_views=2",
+            "data.cache_size=48",
+            "loss.num_prototypes=16",
+        ]
+        return apply_overrides(real(arch, batch_size, **overrides), toy)
+
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_check, "_config", tiny)
+
+
+@pytest.mark.slow
+def test_the_short_run_goes_through_the_training_loop_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.pretrain
+
+    _toy(monkeypatch)
+    epochs: list[int] = []
+    real_epoch = training.pretrain.run_epoch
+
+    def counted(*args: Any) -> bool:
+        epochs.append(args[3].epoch)
+        return real_epoch(*args)
+
+    monkeypatch.setattr(training.pretrain, "run_epoch", counted)
+    args = gpu_check.parse_args(["--quick", "--batch-size", "4"])
+    result = gpu_check.short_run_section(args)
+    assert epochs == list(range(10))  # the loop's own run_epoch, 10 short epochs
+    (row,) = result["rows"]
+    assert row["steps"] == 60 and row["batch"] == 4 and row["workers"] >= 1
+    assert set(row["changes"]) == {"cross_entropy", "mean_entropy", "target_max", "agreement"}
+    assert isinstance(row["loss_fell"], bool) and row["images_per_s"] > 0
+    assert [r["step"] for r in result["log"]][:3] == [0, 5, 10]  # log_every 10 and each epoch's last
+
+
+def test_the_pretraining_and_sync_sections_run_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _toy(monkeypatch)
+    args = gpu_check.parse_args(["--quick", "--batch-size", "4", "--max-batch", "8", "--archs", "vit_t"])
+    rows = gpu_check.pretraining_section(args)["rows"]
+    assert [r["batch"] for r in rows] == [4, 8] and rows[0]["images_per_s"] > 0
+    syncs = gpu_check.syncs_section(args)["rows"]
+    assert [r["what"] for r in syncs] == ["one step (run_step)", "reading its statistics"]

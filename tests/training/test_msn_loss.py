@@ -125,3 +125,48 @@ def test_mean_entropy_term_spreads_anchors_over_the_prototypes() -> None:
 def test_invalid_inputs_raise(anchors: torch.Tensor, targets: torch.Tensor, kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         msn_loss(anchors, targets, torch.randn(3, 4), **kwargs)  # type: ignore[arg-type]
+
+
+def _sinkhorn_before_issue_18(probabilities: torch.Tensor, *, iterations: int = 3) -> torch.Tensor:
+    """The previous ``sinkhorn``, whose batch size was a host value copied to the device."""
+    q = probabilities.T.clone()
+    num_prototypes = q.shape[0]
+    global_batch = torch.tensor(float(q.shape[1]), device=q.device)
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= global_batch
+    return (q * global_batch).T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sinkhorn_equals_the_previous_version_bit_for_bit(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(18)
+    for batch, prototypes, iterations in ((1, 4, 3), (7, 16, 3), (64, 1024, 3), (32, 256, 0), (5, 3, 10)):
+        logits = torch.randn(batch, prototypes, generator=generator) * 4
+        probabilities = torch.softmax(logits, dim=1).to(dtype)
+        new = sinkhorn(probabilities, iterations=iterations)
+        old = _sinkhorn_before_issue_18(probabilities, iterations=iterations)
+        assert new.dtype == old.dtype == dtype
+        assert torch.equal(new, old), (batch, prototypes, iterations)
+
+
+def test_sinkhorn_copies_no_host_value_to_the_device() -> None:
+    from typing import Any
+
+    from torch.overrides import TorchFunctionMode
+
+    created: list[str] = []
+
+    class Creation(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in (torch.tensor, torch.as_tensor, torch.Tensor.item, torch.Tensor.tolist):
+                created.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    probabilities = torch.softmax(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    with Creation():
+        sinkhorn(probabilities, iterations=3)
+    assert created == []  # torch.tensor(value, device=cuda) waits for the device

@@ -15,6 +15,7 @@ from cxrmsn.model import create_encoder
 from tests.training.pretrain_fixtures import NANO_RUN, write_pretrain_manifest
 from training.config import PretrainConfig, apply_overrides
 from training.pretrain import pretrain
+from training.train_step import StepStats
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +35,15 @@ def test_the_last_and_the_best_loss_encoders_hold_the_ema_targets_tensors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real steps, but the epoch losses the loop sees are 3, 1, 2: the best epoch is the second.
-    real_step = pretrain_module.train_step
+    real_step = pretrain_module.run_step
     epoch_losses = [3.0, 1.0, 2.0]
 
-    def step(parts: Any, batch: dict[str, torch.Tensor], index: int) -> dict[str, float]:
-        return {**real_step(parts, batch, index), "loss": epoch_losses[index // parts.steps_per_epoch]}
+    def step(parts: Any, batch: dict[str, torch.Tensor], index: int) -> StepStats:
+        stats = real_step(parts, batch, index)
+        stats.values["loss"] = torch.tensor(epoch_losses[index // parts.steps_per_epoch])
+        return stats
 
-    monkeypatch.setattr(pretrain_module, "train_step", step)
+    monkeypatch.setattr(pretrain_module, "run_step", step)
     manifest = write_pretrain_manifest(tmp_path / "data")
     out = tmp_path / "run"
     config = _config(manifest, tmp_path / "cache", "train.epochs=3", "train.keep_epoch_encoders=true")

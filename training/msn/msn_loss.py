@@ -69,7 +69,9 @@ def sinkhorn(probabilities: torch.Tensor, *, iterations: int = 3) -> torch.Tenso
     """
     q = probabilities.T.clone()  # [K, B]
     num_prototypes = q.shape[0]
-    global_batch = all_reduce_sum_(torch.tensor(float(q.shape[1]), device=q.device))
+    # Filled on the device: torch.tensor(value, device=cuda) would copy from the host and
+    # wait for the device (a synchronisation every step); the value and dtype are the same.
+    global_batch = all_reduce_sum_(torch.full((), float(q.shape[1]), dtype=torch.float32, device=q.device))
     q /= all_reduce_sum_(q.sum())
     for _ in range(iterations):
         q /= all_reduce_sum_(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1/K
