@@ -16,6 +16,7 @@ import numpy as np
 from cxrmsn.labels import LABELS
 from training.downstream.labels import LabelMatrix
 from training.downstream.metrics import BootstrapSettings, evaluate
+from training.downstream.run_metrics import RunMetrics
 
 
 def run_metrics(
@@ -50,14 +51,15 @@ def run_metrics(
         trained=list(trained),
         settings=BootstrapSettings(resamples=200, seed=seed, level=level),
     )
-    return {
-        "protocol": "linear",
-        "trained_labels": list(trained),
-        "thresholds": {label: {"value": value, "method": "youden"} for label, value in thresholds.items()},
-        "valid": valid,
-    }
+    return RunMetrics(
+        protocol="linear",
+        trained_labels=list(trained),
+        thresholds={label: {"value": value, "method": "youden"} for label, value in thresholds.items()},
+        valid=valid,
+    ).to_json()
 
 
 def write_run_metrics(path: Path, metrics: dict[str, Any]) -> Path:
+    """``metrics`` as a file (a test may have changed it to one no run would write)."""
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path

@@ -36,7 +36,6 @@ minutes on a CPU.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from training.config import (
     DataConfig,
@@ -52,8 +51,8 @@ from training.config import (
     TrainConfig,
     ViewsConfig,
 )
+from training.data_root import shared_data_root
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARCHITECTURES = {"vit_t": "vit_tiny_h6_patch16_224", "vit_s": "vit_small_patch16_224"}
 VARIANTS: dict[str, tuple[str, ...]] = {
     "vanilla": (),
@@ -87,7 +86,7 @@ def small_config(variant: str) -> PretrainConfig:
         raise ValueError(f"unknown small config small-{variant}; variants {list(VARIANTS)}")
     return PretrainConfig(
         name=f"small-{variant}",
-        data=DataConfig(source="shared", shared_root=str(SHARED_DATA), cache_size=64, num_workers=0),
+        data=DataConfig(source="shared", shared_root=str(shared_data_root()), cache_size=64, num_workers=0),
         views=ViewsConfig(target_size=64, rand_size=64, focal_views=6, focal_size=32, focal_scale=(0.1, 0.4)),
         model=ModelConfig(arch=SMALL_ARCHITECTURE),
         ehr=EHRConfig(features=VARIANTS[variant]),
@@ -119,7 +118,7 @@ def baseline_config(backbone: str, method: str) -> PretrainConfig:
 def smoke_config() -> PretrainConfig:
     return PretrainConfig(
         name="smoke",
-        data=DataConfig(source="shared", shared_root=str(SHARED_DATA), max_images=64, num_workers=0),
+        data=DataConfig(source="shared", shared_root=str(shared_data_root()), max_images=64, num_workers=0),
         model=ModelConfig(arch="vit_tiny_h6_patch16_224"),
         ehr=EHRConfig(features=("all",), imputer_trees=10, imputer_max_iter=3),
         train=replace(TrainConfig(), epochs=1, batch_size=16, log_every=1),

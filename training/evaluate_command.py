@@ -52,21 +52,24 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             return 0
         from training.downstream.evaluate import evaluate_classifier
+        from training.downstream.run_metrics import RunMetrics
 
-        metrics = evaluate_classifier(
-            args.classifier, config, args.out, split=args.split, nih_findings=args.nih_findings
+        metrics = RunMetrics.from_json(
+            evaluate_classifier(
+                args.classifier, config, args.out, split=args.split, nih_findings=args.nih_findings
+            )
         )
     except (ValueError, FileNotFoundError) as exc:
         return fail("evaluate", exc)
-    macro = metrics["test"]["macro"]
+    macro = metrics.macro("test")
     summary = {
-        "images": metrics["test"]["images"],
+        "images": metrics.split("test")["images"],
         "macro_auroc": macro["auroc"],
         "macro_auprc": macro["auprc"],
         "macro_labels": macro["labels"],
     }
-    if "nih_findings" in metrics:
-        nih = metrics["nih_findings"]["macro"]
+    if "nih_findings" in metrics.details:
+        nih = metrics.details["nih_findings"]["macro"]
         summary |= {"nih_macro_auroc": nih["auroc"], "nih_macro_findings": nih["labels"]}
     print(json.dumps(summary))
     return 0

@@ -58,8 +58,6 @@ SMOKE_PRETRAIN = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.downstream.config import SHARED_DATA
-
     parser.add_argument("--out", type=Path, required=True, help="the experiment folder (new or to continue)")
     parser.add_argument(
         "--backbone",
@@ -124,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--shared-root",
         type=Path,
-        default=SHARED_DATA,
-        help=f"../shared/data, used when no --manifest is given (default {SHARED_DATA})",
+        help="the shared data folder (nih1000/, covid/), used when no --manifest is given (default: "
+        "$CXR_MSN_DATA_ROOT, else ../shared/data beside a source checkout)",
     )
     parser.add_argument(
         "--preset",
@@ -194,13 +192,15 @@ def build_controls(args: argparse.Namespace, experiment: Experiment) -> ControlE
 
 def build_experiment(args: argparse.Namespace) -> Experiment:
     from training.config import apply_overrides
+    from training.data_root import shared_data_root
     from training.downstream.config import named_config
     from training.downstream.experiment import Experiment
 
     if args.manifest is not None:
         data = ("data.source=manifest", f"data.manifest={args.manifest}")
     else:
-        data = ("data.source=shared", f"data.shared_root={args.shared_root}")
+        root = shared_data_root(args.shared_root, check=True, flag="--shared-root")
+        data = ("data.source=shared", f"data.shared_root={root}")
     smoke = args.preset == "smoke"
     downstream = apply_overrides(named_config("smoke" if smoke else "paper"), list(args.linear_set))
     baselines = _names(args.baselines)

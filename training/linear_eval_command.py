@@ -24,6 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from training.downstream.run_metrics import RunMetrics
+
 HELP = "linear evaluation of a frozen encoder (the paper's five runs), writes the classifier and metrics"
 
 
@@ -61,18 +63,18 @@ def run(args: argparse.Namespace) -> int:
         metrics = linear_eval(resolve_encoder_path(args.encoder, args.weights), config, args.out)
     except ValueError as exc:
         return fail("linear-eval", exc)
-    print(json.dumps(headline(metrics)))
+    print(json.dumps(headline(RunMetrics.from_json(metrics))))
     return 0
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+def headline(metrics: RunMetrics) -> dict[str, Any]:
     """The one-line summary printed at the end."""
-    test: Any = metrics["test"]
+    macro = metrics.macro("test")
     return {
-        "protocol": metrics["protocol"],
-        "selected_run": metrics.get("selected_run"),
-        "test_macro_auroc": test["macro"]["auroc"],
-        "test_macro_auprc": test["macro"]["auprc"],
-        "macro_labels": test["macro"]["labels"],
-        "trained_labels": metrics["trained_labels"],
+        "protocol": metrics.protocol,
+        "selected_run": metrics.selected_run,
+        "test_macro_auroc": macro["auroc"],
+        "test_macro_auprc": macro["auprc"],
+        "macro_labels": macro["labels"],
+        "trained_labels": metrics.trained_labels,
     }

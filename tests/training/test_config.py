@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from training.config import PretrainConfig, apply_overrides, from_dict, to_dict
 from training.configs import config_names, named_config
+from training.data_root import CHECKOUT_DATA, ENV_VAR, shared_data_root
 from training.ehr import resolve_features
 
 
@@ -92,3 +94,34 @@ def test_round_trip_through_json() -> None:
     assert from_dict(json.loads(json.dumps(to_dict(config)))) == config
     with pytest.raises(ValueError, match="unknown config keys"):
         from_dict({**to_dict(config), "extra": 1})
+
+
+def test_the_shared_data_root_comes_from_the_command_line_then_the_environment_then_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.downstream.config import named_config as downstream_config
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert shared_data_root() == CHECKOUT_DATA == Path(__file__).resolve().parents[3] / "shared" / "data"
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert shared_data_root() == tmp_path
+    assert shared_data_root(tmp_path / "given") == tmp_path / "given"
+    # the named configs that read the shared data take it from there too
+    assert named_config("smoke").data.shared_root == str(tmp_path)
+    assert named_config("small-vanilla").data.shared_root == str(tmp_path)
+    assert downstream_config("smoke").data.shared_root == str(tmp_path)
+
+
+def test_a_missing_shared_data_root_names_both_ways_to_give_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "absent"))
+    with pytest.raises(
+        ValueError, match=r"absent does not exist: pass it with --shared-root or set CXR_MSN_DATA_ROOT"
+    ):
+        shared_data_root(check=True, flag="--shared-root")
+    with pytest.raises(
+        ValueError, match=r"pass it with --set data\.shared_root=DIR or set CXR_MSN_DATA_ROOT"
+    ):
+        shared_data_root(tmp_path / "gone", check=True)
+    assert shared_data_root(tmp_path, check=True) == tmp_path

@@ -33,6 +33,7 @@ from training.downstream.calibration import (
 from training.downstream.config import DownstreamConfig, config_to_dict
 from training.downstream.labels import LabelMatrix, estimable
 from training.downstream.metrics import Threshold, choose_threshold, evaluate
+from training.downstream.run_metrics import METRICS_FILE, RunMetrics
 from training.run_folder import code_version, peak_memory_mb, write_json
 
 INTENDED_USE = (
@@ -173,7 +174,7 @@ def calibrated_state(model: CXRClassifier, temperatures: Temperatures) -> dict[s
     return state
 
 
-def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started: float) -> dict[str, Any]:
+def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started: float) -> RunMetrics:
     """Calibration, thresholds, metrics with CIs, predictions, metrics.json and classifier.safetensors.
 
     Temperatures are fitted on validation first; thresholds, metrics and the stored predictions
@@ -201,22 +202,21 @@ def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started:
     }
     for split in ("valid", "test"):
         save_predictions(out, split, preds[split])
-    metrics = {
-        "protocol": outputs.protocol,
-        "encoder": outputs.encoder,
-        **outputs.protocol_details,
-        "trained_labels": outputs.trained,
-        "untrained_labels": [label for label in LABELS if label not in outputs.trained],
-        "label_masks": {split: outputs.training_data["splits"][split]["labels"] for split in preds},
-        "thresholds": {label: asdict(t) for label, t in thresholds.items()},
-        "calibration": calibration,
-        "valid": splits["valid"],
-        "test": splits["test"],
-        "training_data": outputs.training_data,
-        "seconds": round(time.perf_counter() - started, 1),
-        **peak_memory_mb(),
-    }
-    write_json(out / "metrics.json", metrics)
+    metrics = RunMetrics(
+        protocol=outputs.protocol,
+        encoder=outputs.encoder,
+        trained_labels=outputs.trained,
+        untrained_labels=[label for label in LABELS if label not in outputs.trained],
+        label_masks={split: outputs.training_data["splits"][split]["labels"] for split in preds},
+        thresholds={label: asdict(t) for label, t in thresholds.items()},
+        calibration=calibration,
+        valid=splits["valid"],
+        test=splits["test"],
+        training_data=outputs.training_data,
+        seconds=round(time.perf_counter() - started, 1),
+        details=peak_memory_mb(),
+    ).merged(outputs.protocol_details)
+    metrics.write(out)
     save_checkpoint(
         out / "classifier.safetensors",
         calibrated_state(outputs.model, temperatures),
@@ -228,7 +228,7 @@ def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started:
 def classifier_metadata(
     outputs: RunOutputs,
     thresholds: dict[str, Threshold],
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     temperatures: Temperatures | None = None,
 ) -> CheckpointMetadata:
     data = outputs.training_data
@@ -247,13 +247,13 @@ def classifier_metadata(
         extra={
             "protocol": outputs.protocol,
             "encoder": outputs.encoder,
-            "selected_run": metrics.get("selected_run"),
+            "selected_run": metrics.selected_run,
             "code_version": code_version()["git_describe"],
         },
     )
 
 
-def compact_metrics(metrics: dict[str, Any], thresholds: dict[str, Threshold]) -> dict[str, Any]:
+def compact_metrics(metrics: RunMetrics, thresholds: dict[str, Threshold]) -> dict[str, Any]:
     """The checkpoint's (and the served model card's) summary of metrics.json."""
 
     def per_label(block: dict[str, Any]) -> dict[str, Any]:
@@ -269,21 +269,23 @@ def compact_metrics(metrics: dict[str, Any], thresholds: dict[str, Threshold]) -
             for label, e in block["per_label"].items()
         }
 
+    valid, test = metrics.split("valid"), metrics.split("test")
+    calibration = metrics.calibration
     return {
-        "protocol": metrics["protocol"],
-        "selected_run": metrics.get("selected_run"),
-        "bootstrap": metrics["test"]["bootstrap"],
+        "protocol": metrics.protocol,
+        "selected_run": metrics.selected_run,
+        "bootstrap": test["bootstrap"],
         "threshold_method": next((t.method for t in thresholds.values()), None),
-        **({"calibration": compact_calibration(metrics["calibration"])} if "calibration" in metrics else {}),
+        **({"calibration": compact_calibration(calibration)} if calibration is not None else {}),
         "valid": {
-            "macro": metrics["valid"]["macro"],
-            "images": metrics["valid"]["images"],
-            "per_label": per_label(metrics["valid"]),  # what export's validity gate reads
+            "macro": valid["macro"],
+            "images": valid["images"],
+            "per_label": per_label(valid),  # what export's validity gate reads
         },
         "test": {
-            "macro": metrics["test"]["macro"],
-            "images": metrics["test"]["images"],
-            "per_label": per_label(metrics["test"]),
+            "macro": test["macro"],
+            "images": test["images"],
+            "per_label": per_label(test),
         },
     }
 
@@ -304,8 +306,8 @@ def compact_calibration(block: dict[str, Any]) -> dict[str, Any]:
 
 def start_output(out: Path, config: DownstreamConfig) -> None:
     """Create ``out`` (refusing one with results) and write config.json and version.json."""
-    if (out / "metrics.json").is_file():
-        raise ValueError(f"{out} already holds results (metrics.json): choose another --out")
+    if (out / METRICS_FILE).is_file():
+        raise ValueError(f"{out} already holds results ({METRICS_FILE}): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config_to_dict(config))
     write_json(out / "version.json", code_version())

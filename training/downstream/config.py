@@ -11,14 +11,13 @@ protocol, REFERENCE section 1, its label policy included: blank and -1 labels ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from training.config import dataclass_from_dict, to_dict
+from training.config import to_dict
+from training.data_root import shared_data_root
 from training.downstream.labels import check_policy, policy_name
 from training.downstream.metrics import THRESHOLD_METHODS, BootstrapSettings
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SOURCES = ("manifest", "shared", "encoder")
 HEAD_FEATURES = ("raw", "standardized")
 EVAL_VIEWS = ("paper", "pretraining")
@@ -223,7 +222,7 @@ def smoke_config() -> DownstreamConfig:
     return DownstreamConfig(
         name="smoke",
         data=EvalDataConfig(
-            source="shared", shared_root=str(SHARED_DATA), max_train_images=64, max_eval_images=32
+            source="shared", shared_root=str(shared_data_root()), max_train_images=64, max_eval_images=32
         ),
         augment=AugmentConfig(copies=1),
         head=HeadConfig(max_epochs=10),
@@ -242,10 +241,6 @@ def named_config(name: str) -> DownstreamConfig:
 
 def config_to_dict(config: DownstreamConfig) -> dict[str, Any]:
     return to_dict(config)
-
-
-def config_from_dict(values: dict[str, Any]) -> DownstreamConfig:
-    return dataclass_from_dict(DownstreamConfig, values)
 
 
 def with_fraction(config: DownstreamConfig, fraction: float) -> DownstreamConfig:

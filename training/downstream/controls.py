@@ -41,7 +41,9 @@ from typing import Any
 from cxrmsn.fileio import atomic_write_text
 from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig, FinetuneConfig
+from training.downstream.estimates import format_estimate
 from training.downstream.experiment import Experiment, claim_folder, run_experiment
+from training.downstream.run_metrics import METRICS_FILE, RunMetrics
 from training.run_folder import write_json
 
 log = logging.getLogger(__name__)
@@ -108,9 +110,9 @@ def run_seed_controls(setup: ControlExperiment, experiment: Experiment, seed_dir
     seed = int(json.loads((pretrain_dir / "config.json").read_text())["train"]["seed"])
     for control in setup.controls:
         done = {
-            "random": folder / "random" / "linear" / "metrics.json",
+            "random": folder / "random" / "linear" / METRICS_FILE,
             "supervised": folder / "supervised" / "summary.json",
-            "pixels": folder / "pixels" / "metrics.json",
+            "pixels": folder / "pixels" / METRICS_FILE,
         }[control]
         if done.is_file():
             continue
@@ -209,16 +211,16 @@ def collect(setup: ControlExperiment, out: Path) -> dict[str, Any]:
         runs = arm_runs(setup, out / f"seed{seed}")
         reference, pixels = runs.get("random"), runs.get("pixels")
         for arm, run in runs.items():
-            metrics = json.loads((run / "metrics.json").read_text())
+            metrics = RunMetrics.read(run)
             row: dict[str, Any] = {
                 "arm": arm,
                 "seed": seed,
                 "run": str(run),
-                "valid_macro_auroc": metrics["valid"]["macro"]["auroc"],
-                "test_macro_auroc": metrics["test"]["macro"]["auroc"],
-                "test_macro_auprc": metrics["test"]["macro"]["auprc"],
-                "test_macro_labels": metrics["test"]["macro"]["labels"],
-                "test_images": metrics["test"]["images"],
+                "valid_macro_auroc": metrics.macro("valid")["auroc"],
+                "test_macro_auroc": metrics.macro("test")["auroc"],
+                "test_macro_auprc": metrics.macro("test")["auprc"],
+                "test_macro_labels": metrics.macro("test")["labels"],
+                "test_images": metrics.split("test")["images"],
             }
             if reference is not None and arm != "random":
                 row["vs_random"] = compare_runs(run, reference, settings=settings)
@@ -256,19 +258,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def _ci(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "not estimable"
-    ci = entry.get("ci")
-    return f"{entry['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{entry['value']:.3f} (no CI)"
-
-
 def _delta_p(comparison: dict[str, Any] | None) -> str:
     if not comparison:
         return "-"
     difference = comparison["difference"]
     p = difference.get("p_value_two_sided")
     return f"{difference['value']:+.3f} ({'-' if p is None else f'{p:.3f}'})"
+
+
+def _estimate(entry: dict[str, Any] | None) -> str:
+    return format_estimate(entry, style="brackets", no_ci="(no CI)")
 
 
 ARM_NAMES = {
@@ -299,14 +298,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         comparison = row.get("vs_random")
         delta, p_text = ("(reference)" if row["arm"] == "random" else "-"), "-"
         if comparison:
-            delta = _ci(comparison["difference"])
+            delta = _estimate(comparison["difference"])
             p = comparison["difference"].get("p_value_two_sided")
             p_text = f"{p:.3f}" if p is not None else "-"
         valid = row["valid_macro_auroc"]
         valid_text = f"{valid['value']:.3f}" if valid else "-"
         lines.append(
             f"| {arm_name(row['arm'])} | {row['seed']} | {valid_text} | "
-            f"{_ci(row['test_macro_auroc'])} | {_ci(row['test_macro_auprc'])} | {delta} | {p_text} | "
+            f"{_estimate(row['test_macro_auroc'])} | {_estimate(row['test_macro_auprc'])} | "
+            f"{delta} | {p_text} | "
             f"{_delta_p(row.get('vs_pixels'))} |"
         )
     lines += [

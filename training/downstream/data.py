@@ -21,6 +21,7 @@ import numpy as np
 
 from cxrmsn.checkpoint import CheckpointMetadata
 from training.data.manifest import SPLITS, ManifestRow, read_manifest, resolve_image_path, write_manifest
+from training.data_root import shared_data_root
 from training.downstream.config import DownstreamConfig
 from training.downstream.labels import (
     LabelMatrix,
@@ -66,9 +67,7 @@ def resolve_manifest(config: DownstreamConfig, out: Path, encoder: CheckpointMet
         return path
     if data.source == "encoder":
         return _encoder_manifest(encoder)
-    root = Path(data.shared_root).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"data.shared_root {root} is not a folder")
+    root = shared_data_root(data.shared_root or None, check=True)
     from training.data.shared import build_shared
 
     path = out / "manifest.csv"

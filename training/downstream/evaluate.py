@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrmsn.checkpoint import CheckpointError, load_classifier
+from cxrmsn.checkpoint import CheckpointError, CheckpointMetadata, load_classifier
 from cxrmsn.fileio import sha256_file
 from cxrmsn.labels import LABELS
 from cxrmsn.model import CXRClassifier
@@ -44,7 +45,8 @@ from training.downstream.labels import (
 )
 from training.downstream.metrics import BootstrapSettings, evaluate
 from training.downstream.predict import predict_files
-from training.run_folder import peak_memory_mb, write_json
+from training.downstream.run_metrics import RunMetrics
+from training.run_folder import peak_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +67,10 @@ def evaluate_classifier(
     if config.data.source == "encoder":
         raise ValueError("evaluate needs --manifest (or data.source=shared), not data.source=encoder")
     started = time.perf_counter()
-    try:
-        module, metadata = load_classifier(classifier)
-    except CheckpointError as exc:
-        raise ValueError(str(exc)) from None
-    if not isinstance(module, CXRClassifier):
-        raise ValueError(f"{classifier} did not load as a CXRClassifier")
-    model = module
+    model, metadata = _load(classifier)
     start_output(out, config)
     manifest = resolve_manifest(config, out, None)
-    all_rows = read_manifest(manifest)
-    rows = [
-        r
-        for r in all_rows
-        if r.split == split and (not config.data.datasets or r.dataset in config.data.datasets)
-    ]
-    if not rows:
-        raise ValueError(f"{manifest} has no {split} images (data sets: {config.data.datasets or 'all'})")
-    rows = random_subset(rows, config.data.max_eval_images, seed=config.seed)
-    labels = label_matrix(
-        rows,
-        blank=config.labels.blank,
-        uncertain=config.labels.uncertain,
-        blank_zero_datasets=config.labels.blank_zero_datasets,
-        annotated=annotated_labels(all_rows),
-    )
+    rows, labels = _split_rows(manifest, split, config)
     paths = [resolve_image_path(manifest, r) for r in rows]
     probabilities, embeddings, failed = predict_files(
         model,
@@ -110,10 +91,10 @@ def evaluate_classifier(
         settings=config.metrics.bootstrap(),
     )
     save_predictions(out, "test", predictions)
-    metrics = {
-        "protocol": "external",
-        "evaluated_split": split,
-        "classifier": {
+    metrics = RunMetrics(
+        protocol="external",
+        evaluated_split=split,
+        classifier={
             "path": str(classifier.resolve()),
             "sha256": sha256_file(classifier),
             "architecture": metadata.architecture,
@@ -121,8 +102,8 @@ def evaluate_classifier(
             "thresholds": metadata.thresholds,
             "training_data": metadata.training_data.get("summary"),
         },
-        "trained_labels": metadata.trained_labels,
-        "data": {
+        trained_labels=metadata.trained_labels,
+        data={
             "manifest": str(manifest.resolve()),
             "images": len(keep),
             "undecodable_images_dropped": len(failed),
@@ -131,14 +112,15 @@ def evaluate_classifier(
                 config.labels.blank, config.labels.uncertain, config.labels.blank_zero_datasets
             ),
         },
-        "label_masks": {"test": label_counts(labels)},
-        "test": block,
-        "operating_points": operating_points(predictions.probabilities, labels, metadata.thresholds),
-        "seconds": round(time.perf_counter() - started, 1),
-        **peak_memory_mb(),
-    }
+        label_masks={"test": label_counts(labels)},
+        test=block,
+        details={
+            "operating_points": operating_points(predictions.probabilities, labels, metadata.thresholds),
+            **peak_memory_mb(),
+        },
+    )
     if findings is not None:
-        metrics["nih_findings"] = nih_finding_metrics(
+        nih = nih_finding_metrics(
             predictions.probabilities,
             [rows[i] for i in keep],
             findings,
@@ -146,9 +128,43 @@ def evaluate_classifier(
             split=split,
             settings=config.metrics.bootstrap(),
         ) | {"source": str(nih_findings)}
-        metrics["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out / "metrics.json", metrics)
-    return metrics
+        metrics = metrics.merged({"nih_findings": nih})
+    metrics = replace(metrics, seconds=round(time.perf_counter() - started, 1))
+    metrics.write(out)
+    return metrics.to_json()
+
+
+def _load(classifier: Path) -> tuple[CXRClassifier, CheckpointMetadata]:
+    try:
+        module, metadata = load_classifier(classifier)
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(module, CXRClassifier):
+        raise ValueError(f"{classifier} did not load as a CXRClassifier")
+    return module, metadata
+
+
+def _split_rows(
+    manifest: Path, split: str, config: DownstreamConfig
+) -> tuple[list[ManifestRow], LabelMatrix]:
+    """The split's rows of the configured data sets (a seeded subset when configured) and their labels."""
+    all_rows = read_manifest(manifest)
+    rows = [
+        r
+        for r in all_rows
+        if r.split == split and (not config.data.datasets or r.dataset in config.data.datasets)
+    ]
+    if not rows:
+        raise ValueError(f"{manifest} has no {split} images (data sets: {config.data.datasets or 'all'})")
+    rows = random_subset(rows, config.data.max_eval_images, seed=config.seed)
+    labels = label_matrix(
+        rows,
+        blank=config.labels.blank,
+        uncertain=config.labels.uncertain,
+        blank_zero_datasets=config.labels.blank_zero_datasets,
+        annotated=annotated_labels(all_rows),
+    )
+    return rows, labels
 
 
 def nih_finding_metrics(

@@ -43,6 +43,8 @@ from training.config import PretrainConfig, apply_overrides
 from training.configs import ARCHITECTURES, PRETRAIN_BASELINES, VARIANTS, named_config
 from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig
+from training.downstream.estimates import format_estimate
+from training.downstream.run_metrics import METRICS_FILE, RunMetrics
 from training.run_folder import code_version, write_json
 
 log = logging.getLogger(__name__)
@@ -185,7 +187,7 @@ def run_variant(experiment: Experiment, variant: str, folder: Path) -> None:
             pretrain(experiment.pretrain_config(variant), pretrain_dir)
         timing["pretrain_s"] = timing.get("pretrain_s", 0.0) + round(time.perf_counter() - started, 1)
         write_json(folder / "timing.json", timing)
-    if not (linear_dir / "metrics.json").is_file():
+    if not (linear_dir / METRICS_FILE).is_file():
         started = time.perf_counter()
         encoder = encoder_file(pretrain_dir, experiment.pretrain_weights)
         linear_eval(encoder, experiment.downstream_config(), linear_dir)
@@ -248,23 +250,23 @@ def collect_results(experiment: Experiment, out: Path) -> dict[str, Any]:
     for name in experiment.rows:
         folder = out / experiment.folder(name)
         run = row_run(experiment, out, name)
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = RunMetrics.read(run)
         supervised = name in SUPERVISED_BASELINES
         summary = {} if supervised else json.loads((folder / "pretrain" / "summary.json").read_text())
         row: dict[str, Any] = {
             "variant": name,
             "method": name if name in BASELINES else "msn",
             "protocol": "finetune (100 % labels)" if supervised else "linear",
-            "ehr_features": metrics["encoder"].get("ehr_features") or [],
+            "ehr_features": (metrics.encoder or {}).get("ehr_features") or [],
             "pretrain_epochs": summary.get("epochs"),
             "pretrain_final_loss": summary.get("final_loss"),
             "pretrain_weights": None if supervised else experiment.pretrain_weights,
-            "selected_run": metrics["selected_run"],
-            "valid_macro_auroc": metrics["valid"]["macro"]["auroc"],
-            "test_macro_auroc": metrics["test"]["macro"]["auroc"],
-            "test_macro_auprc": metrics["test"]["macro"]["auprc"],
-            "test_macro_labels": metrics["test"]["macro"]["labels"],
-            "test_images": metrics["test"]["images"],
+            "selected_run": metrics.selected_run,
+            "valid_macro_auroc": metrics.macro("valid")["auroc"],
+            "test_macro_auroc": metrics.macro("test")["auroc"],
+            "test_macro_auprc": metrics.macro("test")["auprc"],
+            "test_macro_labels": metrics.macro("test")["labels"],
+            "test_images": metrics.split("test")["images"],
             "timing_s": _timing(folder),
         }
         if name != experiment.variants[0]:
@@ -316,10 +318,7 @@ def timing_markdown(results: dict[str, Any]) -> list[str]:
 
 
 def _ci(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "not estimable"
-    ci = entry.get("ci")
-    return f"{entry['value']:.3f} ({ci[0]:.3f} to {ci[1]:.3f})" if ci else f"{entry['value']:.3f} (no CI)"
+    return format_estimate(entry, no_ci="(no CI)")
 
 
 def results_markdown(results: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from cxrmsn.labels import LABELS
+from training.downstream.estimates import format_estimate
 from training.downstream.labels import LabelMatrix
 
 
@@ -44,13 +45,6 @@ def _save(figure: Any, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     _pyplot().close(figure)
     return path
-
-
-def _fmt_metric(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "n/a"
-    ci = entry.get("ci")
-    return f"{entry['value']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{entry['value']:.2f}"
 
 
 def _curve(scores: np.ndarray, positive: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +91,11 @@ def curves_figure(
         ax.set_ylabel("sensitivity" if kind == "roc" else "precision", fontsize=7)
         ax.tick_params(labelsize=6)
         top = kind == "pr"  # precision-recall curves run low for rare labels: annotate above them
+        estimate = format_estimate(entry[metric], digits=2, style="brackets", missing="n/a")
         ax.text(
             0.98,
             0.96 if top else 0.04,
-            f"{metric.upper()} {_fmt_metric(entry[metric])}\n"
-            f"{entry['positives']} pos / {entry['negatives']} neg",
+            f"{metric.upper()} {estimate}\n{entry['positives']} pos / {entry['negatives']} neg",
             ha="right",
             va="top" if top else "bottom",
             fontsize=7,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ from training.downstream.artifact import (
     start_output,
     trained_labels,
 )
-from training.downstream.config import DownstreamConfig, with_fraction
+from training.downstream.config import DownstreamConfig, config_to_dict, with_fraction
 from training.downstream.data import (
     DownstreamData,
     data_summary,
@@ -63,11 +62,13 @@ from training.downstream.data import (
     resolve_manifest,
 )
 from training.downstream.embeddings import Encoder, cuda_precision, load_encoder
+from training.downstream.estimates import format_estimate
 from training.downstream.images import CachedViews
 from training.downstream.linear import RunResult, RunSpec, masked_bce
 from training.downstream.linear_eval import encoder_summary
 from training.downstream.metrics import macro_auroc
-from training.downstream.predict import predict_files
+from training.downstream.predict import class_logits, predict_cached, predict_files
+from training.downstream.run_metrics import METRICS_FILE, RunMetrics
 from training.downstream.selection import BestEpoch, best_run
 from training.run_folder import write_json
 
@@ -96,18 +97,18 @@ def finetune(
     if (out / "summary.json").is_file():
         raise ValueError(f"{out} already holds results (summary.json): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", _to_dict(config))
+    write_json(out / "config.json", config_to_dict(config))
     encoder = load_encoder(encoder_path, config.augment.eval_view)
     manifest = resolve_manifest(config, out, encoder.metadata)
     rows = []
     for fraction in config.finetune.fractions:
         folder = out / f"fraction_{fraction:g}"
-        if (folder / "metrics.json").is_file():
-            metrics = json.loads((folder / "metrics.json").read_text())
-            if metrics.get("finetune_runs", "single") != runs:
+        if (folder / METRICS_FILE).is_file():
+            metrics = RunMetrics.read(folder)
+            done = metrics.finetune_runs or "single"  # before the grid, runs were not recorded
+            if done != runs:
                 raise ValueError(
-                    f"{folder} was fine-tuned with runs={metrics.get('finetune_runs', 'single')}, "
-                    f"not {runs}: choose another --out"
+                    f"{folder} was fine-tuned with runs={done}, not {runs}: choose another --out"
                 )
         else:
             metrics = finetune_fraction(
@@ -120,15 +121,9 @@ def finetune(
     return summary
 
 
-def _to_dict(config: DownstreamConfig) -> dict[str, Any]:
-    from training.downstream.config import config_to_dict
-
-    return config_to_dict(config)
-
-
 def finetune_fraction(
     encoder_path: Path, config: DownstreamConfig, manifest: Path, out: Path, *, runs: str = "grid"
-) -> dict[str, Any]:
+) -> RunMetrics:
     started = time.perf_counter()
     specs = finetune_runs(config, runs)
     start_output(out, config)
@@ -239,7 +234,7 @@ def train_classifier(
     for epoch in range(settings.max_epochs):
         train_set.epoch = epoch
         loss = _train_epoch(model, optimizer, train_set, targets, mask, config, epoch, device)
-        probabilities = predict_cached(model, images, indices["valid"], encoder, config, device)
+        probabilities = _predict_cached(model, images, indices["valid"], encoder, config, device)
         score = macro_auroc(probabilities, data.labels["valid"], columns)
         log.info("%s epoch %d: loss %.4f, valid macro AUROC %s", spec.name, epoch + 1, loss, score)
         if tracker.end_epoch(epoch, loss=loss, score=score, module=model):
@@ -287,7 +282,7 @@ def _train_epoch(
     losses = []
     for views, items in itertools.islice(loader, steps):
         with cuda_precision(device):  # bf16 autocast on CUDA, float32 on the CPU
-            logits = _logits(model, views.to(device))
+            logits, _ = class_logits(model, views.to(device))
         loss = masked_bce(logits.float(), targets[items].to(device), mask[items].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,8 +292,7 @@ def _train_epoch(
     return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
-@torch.inference_mode()
-def predict_cached(
+def _predict_cached(
     model: CXRClassifier,
     images: np.ndarray,
     indices: np.ndarray,
@@ -306,23 +300,15 @@ def predict_cached(
     config: DownstreamConfig,
     device: torch.device,
 ) -> np.ndarray:
-    """Probabilities from the cached plain views (validation during training)."""
-    model.eval()
-    loader: DataLoader[Any] = DataLoader(
-        CachedViews(images, indices, encoder.preprocessing),
+    return predict_cached(
+        model,
+        images,
+        indices,
+        encoder.preprocessing,
         batch_size=config.data.embed_batch_size,
-        num_workers=config.data.workers,
+        workers=config.data.workers,
+        device=device,
     )
-    out = []
-    for views, _ in loader:
-        with cuda_precision(device):
-            logits = model.forward_head(model.forward_features(views.to(device))[0])
-        out.append(torch.sigmoid(logits.float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), dtype=np.float32)
-
-
-def _logits(model: CXRClassifier, views: torch.Tensor) -> torch.Tensor:
-    return model.head(model.embed(views))
 
 
 def _final_predictions(
@@ -350,32 +336,25 @@ def _final_predictions(
         result[split] = Predictions(
             [str(p) for p in data.paths(split)], data.labels[split], probabilities[keep], embeddings[keep]
         )
-    train = predict_cached(model, images, train_indices, encoder, config, device)
+    train = _predict_cached(model, images, train_indices, encoder, config, device)
     result["train"] = Predictions([str(p) for p in data.paths("train")], data.labels["train"], train, None)
     model.cpu()
     return result
 
 
-def _summary_row(fraction: float, metrics: dict[str, Any]) -> dict[str, Any]:
-    train = metrics["training_data"]["splits"]["train"]
+def _summary_row(fraction: float, metrics: RunMetrics) -> dict[str, Any]:
+    train = metrics.data_block()["splits"]["train"]
     return {
         "fraction": fraction,
         "train_images": train["images"],
         "train_patients": train["patients"],
-        "selected_run": metrics.get("selected_run"),
-        "best_epoch": metrics.get("best_epoch"),
-        "valid_macro_auroc": metrics["valid"]["macro"]["auroc"],
-        "test_macro_auroc": metrics["test"]["macro"]["auroc"],
-        "test_macro_auprc": metrics["test"]["macro"]["auprc"],
-        "trained_labels": metrics["trained_labels"],
+        "selected_run": metrics.selected_run,
+        "best_epoch": metrics.best_epoch,
+        "valid_macro_auroc": metrics.macro("valid")["auroc"],
+        "test_macro_auroc": metrics.macro("test")["auroc"],
+        "test_macro_auprc": metrics.macro("test")["auprc"],
+        "trained_labels": metrics.trained_labels,
     }
-
-
-def _fmt(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "not estimable"
-    ci = entry.get("ci")
-    return f"{entry['value']:.3f} ({ci[0]:.3f} to {ci[1]:.3f})" if ci else f"{entry['value']:.3f}"
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
@@ -389,8 +368,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {100 * row['fraction']:g} % | {row['train_images']} | {row['train_patients']} | "
             f"{row.get('selected_run') or '-'} | "
-            f"{row['best_epoch']} | {valid['value']:.3f} | {_fmt(row['test_macro_auroc'])} | "
-            f"{_fmt(row['test_macro_auprc'])} | {len(row['trained_labels'])} |"
+            f"{row['best_epoch']} | {valid['value']:.3f} | {format_estimate(row['test_macro_auroc'])} | "
+            f"{format_estimate(row['test_macro_auprc'])} | {len(row['trained_labels'])} |"
             if valid
             else f"| {100 * row['fraction']:g} % | {row['train_images']} | not estimable |"
         )

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cxrmsn.errors import DecodeError
 from cxrmsn.imaging import decode
@@ -106,13 +105,3 @@ def collate_views(batch: list[Item]) -> tuple[list[int], list[int], torch.Tensor
     decoded = [(index, views) for index, views in batch if len(views)]
     stacked = torch.stack([views for _, views in decoded]) if decoded else torch.zeros(0)
     return [index for index, _ in batch], [index for index, _ in decoded], stacked
-
-
-def file_loader(dataset: FileViews, *, images_per_batch: int, workers: int) -> DataLoader[Any]:
-    return DataLoader(
-        dataset,
-        batch_size=images_per_batch,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_views,
-    )

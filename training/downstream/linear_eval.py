@@ -100,7 +100,7 @@ def linear_eval(encoder_path: Path, config: DownstreamConfig, out: Path) -> dict
         },
         encoder=encoder_summary(encoder),
     )
-    return finish(out, config, outputs, started=started)
+    return finish(out, config, outputs, started=started).to_json()
 
 
 def embed_splits(

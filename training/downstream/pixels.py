@@ -24,7 +24,7 @@ from training.downstream.artifact import Predictions, save_predictions
 from training.downstream.config import LabelConfig
 from training.downstream.labels import annotated_labels, estimable, label_matrix
 from training.downstream.metrics import BootstrapSettings, evaluate
-from training.run_folder import write_json
+from training.downstream.run_metrics import RunMetrics
 
 PIXELS = PreprocessConfig(resize=32, crop=32)
 METHOD = (
@@ -80,22 +80,23 @@ def pixel_baseline(
         model.fit(pca.transform(features["train"][mask]), targets["train"].targets[mask, j])
         for name, x in features.items():
             probabilities[name][:, j] = model.predict_proba(pca.transform(x))[:, 1]
-    metrics: dict[str, Any] = {
-        "protocol": "pixels",
-        "method": METHOD.format(components=components),
-        "manifest": str(manifest),
-        "trained_labels": trained,
-        "untrained_labels": [label for label in LABELS if label not in trained],
+    blocks = {
+        split: evaluate(probabilities[split], targets[split], split=split, trained=trained, settings=settings)
+        for split in ("valid", "test")
     }
-    for split in ("valid", "test"):
-        metrics[split] = evaluate(
-            probabilities[split], targets[split], split=split, trained=trained, settings=settings
-        )
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics = RunMetrics(
+        protocol="pixels",
+        trained_labels=trained,
+        untrained_labels=[label for label in LABELS if label not in trained],
+        valid=blocks["valid"],
+        test=blocks["test"],
+        seconds=round(time.perf_counter() - started, 1),
+        details={"method": METHOD.format(components=components), "manifest": str(manifest)},
+    )
     if out is not None:
         for split in ("valid", "test"):
             paths = [str(resolve_image_path(manifest, row)) for row in splits[split]]
             predictions = Predictions(paths, targets[split], probabilities[split].astype(np.float32), None)
             save_predictions(out, split, predictions)
-        write_json(out / "metrics.json", metrics)
-    return metrics
+        metrics.write(out)
+    return metrics.to_json()

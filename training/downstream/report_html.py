@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from training.downstream.report import Code, Figure, Inline, Report, Strong, Table
+from training.downstream.report_model import Code, Figure, Inline, Report, Strong, Table
 
 STYLE = """
 :root { color-scheme: light; --ink: #1d2327; --muted: #6b7278; --line: #d9dde1; --accent: #1f5f99; }

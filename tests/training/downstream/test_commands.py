@@ -83,6 +83,9 @@ def test_print_config_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["finetune", "--config", "nope", "--print-config"]) == 2
     assert main(["experiment", "--out", str(tmp_path / "e"), "--variants", "vanilla,nope"]) == 2
     assert "variants" in capsys.readouterr().err
+    missing = str(tmp_path / "no-data")
+    assert main(["experiment", "--out", str(tmp_path / "e"), "--shared-root", missing]) == 2
+    assert "pass it with --shared-root or set CXR_MSN_DATA_ROOT" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -99,3 +99,17 @@ def test_manifest_source_errors(tmp_path: Path) -> None:
         resolve_manifest(
             DownstreamConfig(data=EvalDataConfig(manifest=str(tmp_path / "x.csv"))), tmp_path, None
         )
+
+
+def test_a_missing_shared_data_folder_names_the_setting_and_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = DownstreamConfig(data=EvalDataConfig(source="shared", shared_root=str(tmp_path / "absent")))
+    with pytest.raises(
+        ValueError, match=r"pass it with --set data\.shared_root=DIR or set CXR_MSN_DATA_ROOT"
+    ):
+        resolve_manifest(shared, tmp_path, None)
+    # an empty data.shared_root is the environment's (not the working directory)
+    monkeypatch.setenv("CXR_MSN_DATA_ROOT", str(tmp_path / "from-env"))
+    with pytest.raises(ValueError, match="from-env does not exist"):
+        resolve_manifest(replace(shared, data=replace(shared.data, shared_root="")), tmp_path, None)

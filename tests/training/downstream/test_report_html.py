@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.downstream.report import Code, Figure, Report, Strong, Table, report_markdown
 from training.downstream.report_html import render_html
+from training.downstream.report_markdown import report_markdown
+from training.downstream.report_model import Code, Figure, Report, Strong, Table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

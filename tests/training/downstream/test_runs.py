@@ -22,12 +22,13 @@ from tests.training.downstream.test_report_html import Page, check_self_containe
 from training.__main__ import main
 from training.data.chexpert import build_chexpert
 from training.data.manifest import write_manifest
+from training.downstream.attention import pick_examples
 from training.downstream.compare import compare_runs
 from training.downstream.config import FinetuneConfig, LabelConfig
 from training.downstream.evaluate import evaluate_classifier
 from training.downstream.finetune import finetune
 from training.downstream.linear_eval import linear_eval
-from training.downstream.report import pick_examples, write_report
+from training.downstream.report import write_report
 
 pytestmark = pytest.mark.slow
 CHEXPERT_ORDER = [
