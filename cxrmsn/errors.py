@@ -59,6 +59,21 @@ class DicomOutputError(DecodeError):
     http_status = 422
 
 
+class NotAChestRadiographError(DecodeError):
+    """Decodable, but not taken for a chest radiograph (422): the out-of-distribution score is
+    over the model's threshold, or the DICOM Modality or ViewPosition is outside what the model
+    was trained on (``cxrmsn.ood.decide``). ``score`` and ``threshold`` are None where only the
+    DICOM header decided."""
+
+    code = "not_a_chest_radiograph"
+    http_status = 422
+
+    def __init__(self, detail: str, *, score: float | None = None, threshold: float | None = None) -> None:
+        super().__init__(detail)
+        self.score = score
+        self.threshold = threshold
+
+
 #: Every code the decoder can raise, with its HTTP status and meaning (documented in the README).
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "empty_input": (400, "the upload has no bytes"),
@@ -85,5 +100,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "dicom_output_unavailable": (
         422,
         "DICOM output asked for, but the upload is not DICOM or lacks a UID the output must reference",
+    ),
+    "not_a_chest_radiograph": (
+        422,
+        "the out-of-distribution score is over the model's threshold (the detail names both), or the "
+        "DICOM Modality is not CR/DX/DR or its ViewPosition is one the training images did not have "
+        "(CXR_MSN_OOD=warn serves it with a warning instead; docs/ood.md)",
     ),
 }

@@ -146,3 +146,38 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> None:
         if hasattr(module, "fused_attn"):
             attention: Any = module
             attention.fused_attn = enabled
+
+
+class GuardedClassifier(nn.Module):
+    """A CXRClassifier with the out-of-distribution score as a third output (``cxrmsn.ood``).
+
+    ``forward`` returns ``(probabilities, attention, ood_score [B])``: the Mahalanobis distance
+    ``|| (e - mean) @ whitening ||`` of the CLS embedding ``e`` the head reads, from the same
+    forward pass. ``mean`` [D] and ``whitening`` [D, D] (the Cholesky factor of the precision)
+    are buffers, so they become constants of the exported graph.
+    """
+
+    mean: torch.Tensor
+    whitening: torch.Tensor
+
+    def __init__(self, classifier: CXRClassifier, mean: Any, whitening: Any) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1))
+        self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.classifier.grid_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        classifier = self.classifier
+        tokens, attention = classifier.forward_features(images)
+        embedding = classifier.forward_head(tokens, pre_logits=True)
+        probabilities = torch.sigmoid(classifier.head(embedding))
+        prefix = classifier.encoder.num_prefix_tokens
+        grid_h, grid_w = classifier.grid_size
+        patch_attention = attention[:, :, prefix:].mean(dim=1).reshape(-1, grid_h, grid_w)
+        whitened = (embedding - self.mean) @ self.whitening
+        score = torch.sqrt((whitened * whitened).sum(dim=-1))
+        return probabilities, patch_attention, score

@@ -164,6 +164,32 @@ def variant_tolerance(entry: ModelFile) -> Tolerance:
 
 
 @dataclass
+class OodGuard:
+    """The out-of-distribution guard export built into the graph (``cxrmsn.ood``).
+
+    ``output`` names the graph output that carries the score; an image whose score is above
+    ``threshold``, or whose DICOM Modality or ViewPosition is outside ``modalities`` /
+    ``view_positions``, is not served as a chest radiograph.
+    """
+
+    output: str
+    score: str  # cxrmsn.ood.SCORE_KIND
+    threshold: float
+    threshold_rule: str
+    fitted_on: dict[str, Any]  # source, images, embedding_dim, shrinkage
+    threshold_on: dict[str, Any]  # held-out set -> summary (images, median, p99, max)
+    modalities: list[str] = field(default_factory=list)
+    view_positions: list[str] = field(default_factory=list)  # empty: the training views are unknown
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold)):
+            raise RepositoryError(f"ood_guard threshold must be a finite number, got {self.threshold!r}")
+        if not self.output:
+            raise RepositoryError("ood_guard needs the name of its graph output")
+
+
+@dataclass
 class RepositoryManifest:
     name: str
     version: str
@@ -185,6 +211,9 @@ class RepositoryManifest:
     # Per-label temperature scaling folded into the exported head (empty: none recorded):
     # method, temperatures, fitted_on, folded_by ("linear-eval" or "export").
     calibration: dict[str, Any] = field(default_factory=dict)
+    # None: exported without a guard (older repositories, or no --ood-fit-manifest): nothing is
+    # refused as out of distribution.
+    ood_guard: OodGuard | None = None
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -202,6 +231,14 @@ class RepositoryManifest:
             )
         if isinstance(self.validity_gate, dict):
             self.validity_gate = ValidityGate(**self.validity_gate)
+        if isinstance(self.ood_guard, dict):
+            self.ood_guard = OodGuard(**self.ood_guard)
+        if self.ood_guard is not None:
+            outputs = [entry.get("name") for entry in self.io.get("outputs", [])]
+            if outputs and self.ood_guard.output not in outputs:
+                raise RepositoryError(
+                    f"ood_guard reads the output {self.ood_guard.output!r}, the graph has {outputs}"
+                )
         if self.validity_gate is not None:
             outside = set(self.validity_gate.not_validated_labels) - set(self.trained_labels)
             if outside:

@@ -11,7 +11,13 @@
    difference from fp32 and the tolerance serving's self-check holds it to.
 4. Optionally an onnxruntime graph-optimised fp32 model, kept only where it is
    measurably faster on this CPU (``--ort-optimised auto``).
-5. Triton folders (CPU config, GPU config, labels), the python-backend twin, and
+5. With ``--ood-fit-manifest`` (the training images), the out-of-distribution guard
+   (``cxrmsn.ood``): a Gaussian of the frozen encoder's CLS embeddings of those images, its
+   Mahalanobis distance as a third graph output ``ood_score`` and a threshold chosen on held-out
+   in-distribution scores (out-of-fold training, validation), recorded as the manifest's
+   ``ood_guard``. Without it the graph has no score and serving refuses nothing as out of
+   distribution.
+6. Triton folders (CPU config, GPU config, labels), the python-backend twin, and
    ``manifest.json`` with the sha256 of every file and the per-label validity gate
    (``export.validity``: trained labels whose validation AUROC is not shown above a floor).
 
@@ -39,6 +45,7 @@ from cxrmsn.repository import (
     MANIFEST_NAME,
     Fp32Agreement,
     ModelFile,
+    OodGuard,
     RepositoryManifest,
     ValidityGate,
     agreement_tolerance,
@@ -50,7 +57,7 @@ from export.calibration import fold_temperatures
 from export.errors import ExportError
 from export.onnx_export import OPSET, GraphInterface, check_onnx, expected_interface, export_onnx, save_onnx
 from export.runtime import Outputs, cpu_session, generated_images, max_abs_difference, run
-from export.validation import EvaluationSet, macro_auroc, read_validation_manifest
+from export.validation import EvaluationSet, macro_auroc, read_image_manifest, read_validation_manifest
 from export.validity import build_gate
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,9 @@ class ExportOptions:
     # bound is above this; run_metrics is the training run's metrics.json (default: beside it).
     min_auroc_lower_bound: float = 0.5
     run_metrics: Path | None = None
+    # The out-of-distribution guard's fit set: a CSV with a path column (a run's data manifest:
+    # its split=train rows); None exports without the guard.
+    ood_fit_manifest: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -136,10 +146,15 @@ def export_repository(
     evaluation = None
     if options.validation_manifest is not None:
         evaluation = read_validation_manifest(options.validation_manifest, metadata.preprocess_config)
+    guard = None
+    if options.ood_fit_manifest is not None:
+        model, guard = _fit_guard(model, metadata, options.ood_fit_manifest, evaluation)
+    else:
+        log.warning("no --ood-fit-manifest: exporting without the out-of-distribution guard")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
     try:
-        manifest = _build(staging, model, metadata, source, options, evaluation, gate, calibration)
+        manifest = _build(staging, model, metadata, source, options, evaluation, gate, calibration, guard)
         _replace(target, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -157,10 +172,14 @@ def _build(
     evaluation: EvaluationSet | None,
     gate: ValidityGate,
     calibration: dict[str, Any] | None = None,
+    guard: OodGuard | None = None,
 ) -> RepositoryManifest:
     image_size = int(metadata.preprocess_config.crop)
     interface = expected_interface(
-        image_size=image_size, num_labels=len(metadata.labels), grid=model.grid_size
+        image_size=image_size,
+        num_labels=len(metadata.labels),
+        grid=model.grid_size,
+        ood_score=guard is not None,
     )
     source_sha256 = sha256_file(source)
     onnx_metadata = {
@@ -170,6 +189,8 @@ def _build(
         "cxr_msn.source_checkpoint_sha256": source_sha256,
         "cxr_msn.intended_use": metadata.intended_use,
     }
+    if guard is not None:
+        onnx_metadata["cxr_msn.ood_threshold"] = repr(guard.threshold)
     fp32_path, fp32_notes = _export_fp32(staging, model, interface, onnx_metadata, image_size)
     images = (
         evaluation.images if evaluation else generated_images(options.generated_inputs, image_size=image_size)
@@ -223,10 +244,71 @@ def _build(
         files=_other_files(staging, files),
         validity_gate=gate,
         calibration=dict(calibration or {}),
+        ood_guard=guard,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_manifest(staging, manifest)
     return manifest
+
+
+def _embeddings(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The frozen encoder's CLS embeddings [N, D] (what the head reads) of preprocessed images."""
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            tokens, _ = model.eval().forward_features(torch.from_numpy(images[start : start + batch_size]))
+            parts.append(model.forward_head(tokens, pre_logits=True).numpy())
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _fit_guard(
+    model: Any, metadata: Any, fit_manifest: Path, evaluation: EvaluationSet | None
+) -> tuple[Any, OodGuard]:
+    """The classifier wrapped with its out-of-distribution score, and the manifest's record."""
+    from cxrmsn import ood
+    from cxrmsn.model import GuardedClassifier
+
+    fit_set = read_image_manifest(fit_manifest, metadata.preprocess_config, split="train")
+    train = _embeddings(model, fit_set.images)
+    valid = _embeddings(model, evaluation.images) if evaluation is not None else None
+    fit = ood.fit_guard(train, valid)
+    held_out = {
+        "train_out_of_fold": {
+            "source": fit_set.source,
+            **ood.summary(fit.held_out_scores["train_out_of_fold"]),
+        }
+    }
+    if evaluation is not None:
+        held_out["valid"] = {"source": evaluation.source, **ood.summary(fit.held_out_scores["valid"])}
+    guard = OodGuard(
+        output=ood.OOD_OUTPUT,
+        score=ood.SCORE_KIND,
+        threshold=round(fit.threshold, 4),
+        threshold_rule=ood.THRESHOLD_RULE,
+        fitted_on={
+            "source": fit_set.source,
+            "images": len(train),
+            "embedding_dim": int(train.shape[1]),
+            "covariance": "Ledoit-Wolf shrinkage (sklearn.covariance.LedoitWolf)",
+            "shrinkage": round(fit.shrinkage, 6),
+        },
+        threshold_on=held_out,
+        modalities=list(ood.RADIOGRAPH_MODALITIES),
+        view_positions=ood.covered_views(fit_set.views),
+        about="Mahalanobis distance of the frozen encoder's CLS embedding from a Gaussian of the "
+        "training images' embeddings, computed in the graph (output ood_score); an image over the "
+        "threshold, or a DICOM whose Modality or ViewPosition is outside these, is not served as a "
+        "chest radiograph (docs/ood.md)",
+    )
+    log.info(
+        "out-of-distribution guard: fitted on %d images, threshold %.3f (%s)",
+        len(train),
+        guard.threshold,
+        {name: entry["max"] for name, entry in held_out.items()},
+    )
+    return GuardedClassifier(model, fit.mean, fit.whitening), guard
 
 
 def _export_fp32(

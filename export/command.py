@@ -51,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "validity gate (default: the checkpoint's own metadata, else metrics.json next to it); "
         "it must match the checkpoint's trained labels and thresholds",
     )
+    parser.add_argument(
+        "--ood-fit-manifest",
+        type=Path,
+        help="the training images for the out-of-distribution guard: a CSV with a 'path' column "
+        "(a run's data manifest: its split=train rows; a 'view' column gives the covered DICOM "
+        "ViewPositions). The graph then has a third output, ood_score, and the manifest the "
+        "threshold, chosen on held-out in-distribution scores (docs/ood.md). Without it serving "
+        "refuses nothing as out of distribution",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size")
     parser.add_argument(
         "--ort-optimised",
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             min_auroc_lower_bound=args.min_auroc_lower_bound,
             run_metrics=args.run_metrics,
+            ood_fit_manifest=args.ood_fit_manifest,
         )
         manifest = export_repository(args.checkpoint, args.out, options)
     except ValueError as exc:  # bad input, including CheckpointError
@@ -93,5 +103,10 @@ def run(args: argparse.Namespace) -> int:
     gate = manifest.validity_gate
     if gate is not None and gate.not_validated_labels:
         print(f"not validated ({gate.status}): {', '.join(gate.not_validated_labels)}")
+    guard = manifest.ood_guard
+    if guard is not None:
+        print(f"out-of-distribution guard: {guard.score} over {guard.threshold:.3f} is refused")
+    else:
+        print("no out-of-distribution guard (no --ood-fit-manifest): nothing is refused as not a chest film")
     print(f"wrote {args.out}/manifest.json")
     return 0

@@ -61,17 +61,24 @@ def activation_ranges(model: Any, images: np.ndarray) -> dict[str, float]:
 
 
 def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str, Any]]:
-    """The mixed-precision ModelProto and notes on what stayed fp32 and why."""
+    """The mixed-precision ModelProto and notes on what stayed fp32 and why.
+
+    The out-of-distribution guard's nodes (``export.onnx_export.guard_nodes``) stay fp32: the
+    squared distance of an unusual image can exceed fp16's range.
+    """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from export.onnx_export import guard_nodes
 
     _name_unnamed_nodes(model.graph)
     ranges = activation_ranges(model, probe_images)
     out_of_range = sorted(name for name, peak in ranges.items() if peak >= FP16_SAFE_LIMIT)
+    guard = guard_nodes(model)
     converted = convert_float_to_float16(
         _copy_without_value_info(model),
         keep_io_types=True,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OP_TYPES],
-        node_block_list=out_of_range,
+        node_block_list=sorted({*out_of_range, *guard}),
     )
     removed = drop_cast_round_trips(converted.graph, {node.name for node in model.graph.node})
     topological_sort(converted.graph)
@@ -79,6 +86,7 @@ def convert_to_fp16(model: Any, probe_images: np.ndarray) -> tuple[Any, dict[str
         "converter": "onnxruntime.transformers.float16.convert_float_to_float16, keep_io_types",
         "fp32_op_types": list(FP32_OP_TYPES),
         "fp32_nodes_out_of_fp16_range": out_of_range,
+        "fp32_guard_nodes": guard,
         "fp16_safe_limit": FP16_SAFE_LIMIT,
         "max_abs_activation_fp32": max(ranges.values(), default=0.0),
         "probe_images": len(probe_images),

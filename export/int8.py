@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from export._logging import quieter
+from export.onnx_export import guard_nodes
 
 QUANTISED_OP_TYPES = ("MatMul", "Gemm")
 INT16_MAX = 32767
@@ -78,7 +79,11 @@ def quantise_int8(
     with tempfile.TemporaryDirectory() as scratch, quieter(""):  # the quantiser logs at INFO
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        kept_fp32 = classifier_nodes(onnx.load(str(prepared))) if settings.head_fp32 else []
+        prepared_model = onnx.load(str(prepared))
+        kept_fp32 = classifier_nodes(prepared_model) if settings.head_fp32 else []
+        # The out-of-distribution guard's whitening product stays fp32 (like the head, it reads
+        # the CLS embedding's small per-dimension spread).
+        kept_fp32 = sorted({*kept_fp32, *guard_nodes(prepared_model)})
         quantize_dynamic(
             model_input=str(prepared),
             model_output=str(target),

@@ -2,9 +2,11 @@
 
 The graph has one input, ``image`` float32 [B, 3, S, S], and two outputs,
 ``probabilities`` float32 [B, labels] and ``attention`` float32 [B, gh, gw], with a
-dynamic batch dimension. It is exported with torch's dynamo exporter at opset 20
-(``LayerNormalization`` and ``Gelu`` stay single ops, which TensorRT maps to its
-normalisation and activation layers) into a single file without external data.
+dynamic batch dimension; a model exported with the out-of-distribution guard
+(``cxrmsn.model.GuardedClassifier``) has a third, ``ood_score`` float32 [B]. It is
+exported with torch's dynamo exporter at opset 20 (``LayerNormalization`` and ``Gelu``
+stay single ops, which TensorRT maps to its normalisation and activation layers) into a
+single file without external data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from export.errors import ExportError
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "attention")
+OOD_OUTPUT = "ood_score"  # cxrmsn.ood.OOD_OUTPUT
 OPSET = 20
 #: Upper bound of the exported batch dimension (Triton's max_batch_size is far below it).
 MAX_EXPORT_BATCH = 4096
@@ -50,19 +53,50 @@ class GraphInterface:
         }
 
 
-def expected_interface(*, image_size: int, num_labels: int, grid: tuple[int, int]) -> GraphInterface:
+def expected_interface(
+    *, image_size: int, num_labels: int, grid: tuple[int, int], ood_score: bool = False
+) -> GraphInterface:
     """The interface every exported variant has (inputs and outputs stay float32)."""
+    outputs = [
+        TensorSpec(OUTPUT_NAMES[0], "FP32", (-1, num_labels)),
+        TensorSpec(OUTPUT_NAMES[1], "FP32", (-1, *grid)),
+    ]
+    if ood_score:
+        outputs.append(TensorSpec(OOD_OUTPUT, "FP32", (-1,)))
     return GraphInterface(
-        inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, 3, image_size, image_size)),),
-        outputs=(
-            TensorSpec(OUTPUT_NAMES[0], "FP32", (-1, num_labels)),
-            TensorSpec(OUTPUT_NAMES[1], "FP32", (-1, *grid)),
-        ),
+        inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, 3, image_size, image_size)),), outputs=tuple(outputs)
     )
 
 
+def output_names(interface: GraphInterface) -> list[str]:
+    return [spec.name for spec in interface.outputs]
+
+
+def guard_nodes(model: Any) -> list[str]:
+    """The nodes only ``ood_score`` needs (the guard's subtraction, whitening product and norm):
+    ancestors of ``ood_score`` that are not ancestors of ``probabilities``. Empty without the output.
+    """
+
+    def ancestors(output: str) -> set[str]:
+        producers = {name: node for node in model.graph.node for name in node.output}
+        found: set[str] = set()
+        pending = [output]
+        while pending:
+            node = producers.get(pending.pop())
+            if node is None or node.name in found:
+                continue
+            found.add(node.name)
+            pending.extend(node.input)
+        return found
+
+    if OOD_OUTPUT not in {output.name for output in model.graph.output}:
+        return []
+    return sorted(ancestors(OOD_OUTPUT) - ancestors(OUTPUT_NAMES[0]))
+
+
 def export_onnx(model: Any, path: str | os.PathLike[str], *, image_size: int, opset: int = OPSET) -> None:
-    """Write ``model`` (a CXRClassifier in eval mode) to ``path`` as one ONNX file."""
+    """Write ``model`` (a CXRClassifier, or a GuardedClassifier with its ``ood_score``, in eval
+    mode) to ``path`` as one ONNX file."""
     import torch
 
     target = Path(path)
@@ -74,7 +108,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], *, image_size: int, op
             (example,),
             str(target),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=[*OUTPUT_NAMES, *([OOD_OUTPUT] if _guarded(model) else [])],
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             dynamo=True,
@@ -84,6 +118,12 @@ def export_onnx(model: Any, path: str | os.PathLike[str], *, image_size: int, op
     leftovers = [p.name for p in target.parent.iterdir() if p.name.startswith(target.name + ".")]
     if leftovers:
         raise ExportError(f"the ONNX export wrote external data files {leftovers}; expected one file")
+
+
+def _guarded(model: Any) -> bool:
+    from cxrmsn.model import GuardedClassifier
+
+    return isinstance(model, GuardedClassifier)
 
 
 def read_interface(model: Any) -> GraphInterface:

@@ -15,12 +15,12 @@ PARITY_BATCH_SIZES = (1, 8)
 
 
 def torch_outputs(model: Any, images: np.ndarray) -> Outputs:
-    """The PyTorch model's (probabilities, attention) for float32 images [N, 3, S, S]."""
+    """The PyTorch model's (probabilities, attention[, ood_score]) for float32 images [N, 3, S, S]."""
     import torch
 
     with torch.no_grad():
-        probabilities, attention = model.eval()(torch.from_numpy(images))
-    return probabilities.numpy(), attention.numpy()
+        outputs = model.eval()(torch.from_numpy(images))
+    return tuple(output.numpy() for output in outputs)
 
 
 def check_parity(

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from export.onnx_export import INPUT_NAME, OUTPUT_NAMES
+from export.onnx_export import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES
 
-#: (probabilities [N, labels], attention [N, gh, gw])
-Outputs = tuple[np.ndarray, np.ndarray]
+#: (probabilities [N, labels], attention [N, gh, gw]) and, from a guarded graph, ood_score [N]
+Outputs = tuple[np.ndarray, ...]
 
 
 def cpu_session(model: str | os.PathLike[str] | bytes, *, threads: int = 0, optimise: bool = True) -> Any:
@@ -27,28 +27,43 @@ def cpu_session(model: str | os.PathLike[str] | bytes, *, threads: int = 0, opti
 
 
 def run(session: Any, images: np.ndarray, *, batch_size: int = 16) -> Outputs:
-    """Both outputs for ``images`` float32 [N, 3, S, S], run ``batch_size`` at a time."""
+    """Every output (two, or three with ``ood_score``) for ``images`` float32 [N, 3, S, S],
+    run ``batch_size`` at a time."""
     if images.ndim != 4 or images.dtype != np.float32:
         raise ValueError(f"images must be float32 [N, 3, S, S], got {images.dtype} {images.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    names = [*OUTPUT_NAMES, *([OOD_OUTPUT] if OOD_OUTPUT in _output_names(session) else [])]
     parts = [
-        session.run(list(OUTPUT_NAMES), {INPUT_NAME: images[start : start + batch_size]})
+        session.run(names, {INPUT_NAME: images[start : start + batch_size]})
         for start in range(0, len(images), batch_size)
     ]
-    probabilities = np.concatenate([part[0] for part in parts]).astype(np.float32, copy=False)
-    attention = np.concatenate([part[1] for part in parts]).astype(np.float32, copy=False)
-    return probabilities, attention
+    return tuple(
+        np.concatenate([part[index] for part in parts]).astype(np.float32, copy=False)
+        for index in range(len(names))
+    )
+
+
+def _output_names(session: Any) -> set[str]:
+    return {output.name for output in session.get_outputs()}
 
 
 def max_abs_difference(actual: Outputs, reference: Outputs) -> dict[str, float]:
-    """Largest absolute difference per output; ``inf`` where either side is not finite."""
+    """Largest absolute difference per output; ``inf`` where either side is not finite.
+
+    The out-of-distribution score (a distance, tens to thousands) is compared relatively:
+    ``ood_score (relative)`` is max |a - b| / max(1, |b|).
+    """
     result = {}
-    for name, a, b in zip(OUTPUT_NAMES, actual, reference, strict=True):
+    names = (*OUTPUT_NAMES, OOD_OUTPUT)[: len(reference)]
+    for name, a, b in zip(names, actual, reference, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"{name}: shapes differ, {a.shape} != {b.shape}")
         finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
-        result[name] = float(np.max(np.abs(a.astype(np.float64) - b))) if finite else float("inf")
+        difference = np.abs(a.astype(np.float64) - b)
+        if name == OOD_OUTPUT:
+            name, difference = f"{OOD_OUTPUT} (relative)", difference / np.maximum(1.0, np.abs(b))
+        result[name] = float(np.max(difference)) if finite else float("inf")
     return result
 
 

@@ -8,7 +8,9 @@ Each ONNX variant is one Triton model folder::
     cxr_msn/labels.txt          one label a line, the order of ``probabilities``
     cxr_msn/1/model.onnx
 
-``max_batch_size > 0``, so the batch dimension is implicit in ``dims``. The python
+``max_batch_size > 0``, so the batch dimension is implicit in ``dims``; an output with one
+value per image (``ood_score`` [B], the out-of-distribution score of a guarded model) is
+declared ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }``, Triton's form for that. The python
 twin (backend "python") runs the fp32 ONNX file with onnxruntime, one call per batch,
 for CPU hosts whose Triton has no onnxruntime backend (the nvidia-pytriton wheel).
 """
@@ -113,11 +115,11 @@ def _config(
 def _tensor(spec: TensorSpec, *, label_file: str | None = None) -> str:
     if spec.shape[0] != -1:
         raise ValueError(f"{spec.name}: the first dimension must be the dynamic batch, got {spec.shape}")
-    lines = [
-        f'    name: "{spec.name}"',
-        f"    data_type: TYPE_{spec.datatype}",
-        f"    dims: [ {', '.join(str(d) for d in spec.shape[1:])} ]",
-    ]
+    lines = [f'    name: "{spec.name}"', f"    data_type: TYPE_{spec.datatype}"]
+    if spec.shape[1:]:
+        lines.append(f"    dims: [ {', '.join(str(d) for d in spec.shape[1:])} ]")
+    else:  # one value per image ([B], e.g. ood_score): Triton needs dims, so [1] reshaped to []
+        lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
     if label_file:
         lines.append(f'    label_filename: "{label_file}"')
     return "  {\n" + "\n".join(lines) + "\n  }"

@@ -114,3 +114,55 @@ def _label(row: dict[str, str | None], label: str, where: str) -> float:
     if raw not in _VALUES:
         raise ValueError(f"{where}: {label} is {raw!r}; expected 1, 0, -1 or blank")
     return _VALUES[raw]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Unlabelled preprocessed images (the guard's fit set) and their ``view`` column, if any."""
+
+    images: np.ndarray  # float32 [N, 3, S, S]
+    views: list[str]
+    source: str
+
+
+def read_image_manifest(
+    path: str | os.PathLike[str], config: PreprocessConfig = DEFAULT_PREPROCESS, *, split: str = "train"
+) -> ImageSet:
+    """The images a CSV lists (a ``path`` column, relative to the CSV's folder), decoded and
+    preprocessed as serving does. With a ``split`` column (a run's data manifest, as
+    ``training.data.manifest`` writes it) only the rows of ``split``; a ``view`` column is kept."""
+    from cxrmsn.errors import DecodeError
+    from cxrmsn.imaging import decode
+    from cxrmsn.preprocess import preprocess
+
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise ValueError(f"image manifest {csv_path} does not exist")
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        path_column = next((name for name in PATH_COLUMNS if name in columns), None)
+        if path_column is None:
+            raise ValueError(f"{csv_path} needs a 'path' column")
+        rows = [
+            (number, row)
+            for number, row in enumerate(reader, start=2)
+            if "split" not in columns or (row.get("split") or "").strip() == split
+        ]
+    if not rows:
+        raise ValueError(f"{csv_path} lists no images" + (f" of split {split!r}" if split else ""))
+    images, views = [], []
+    for number, row in rows:
+        image_path = _resolve(csv_path, row[path_column], number)
+        try:
+            decoded = decode(image_path.read_bytes(), min_size=config.decode_min_side())
+        except (OSError, DecodeError) as exc:
+            raise ValueError(f"{csv_path} line {number}: cannot read image {image_path}: {exc}") from None
+        images.append(preprocess(decoded.pixels, config, extent=decoded.extent))
+        views.append((row.get("view") or "").strip())
+    where = f"split {split}" if "split" in columns else "every row"
+    return ImageSet(
+        images=np.stack(images).astype(np.float32, copy=False),
+        views=views,
+        source=f"{csv_path.name} ({where}, {len(images)} images)",
+    )

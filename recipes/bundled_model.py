@@ -5,7 +5,8 @@
 
 Steps, each a command of this project (the recipe is recipes/bundled_model.json):
 pretrain (MSN + EHR), linear-eval (the paper's protocol), the pixel baseline, export
-(ONNX fp32 + int8, measured on the validation split), regression values for two fixed
+(ONNX fp32 + int8, measured on the validation split, with the out-of-distribution guard
+fitted on the training split: docs/ood.md), regression values for two fixed
 inputs, and MODEL_CARD.md. A step recorded as finished in WORK/pipeline.json is reused, so
 a killed run continues where it stopped (pretraining itself resumes from its last epoch).
 Seeded; the run time of every step is written to WORK/pipeline.json.
@@ -119,8 +120,9 @@ class Pipeline:
         valid = self.validation_csv()
         classifier = self.work / "linear" / "classifier.safetensors"
         variants = self.recipe["export"]["variants"]
+        guard = ["--ood-fit-manifest", str(self.manifest())] if self.recipe["export"].get("ood_guard") else []
         cxr_msn("export", str(classifier), "--out", str(self.repository), "--variants", variants,
-                "--validation-manifest", str(valid), "--overwrite")  # fmt: skip
+                "--validation-manifest", str(valid), *guard, "--overwrite")  # fmt: skip
 
     def regression(self) -> None:
         write_regression_values(self.repository)

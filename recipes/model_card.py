@@ -297,7 +297,73 @@ def fields(work: Path, repository: Path, recipe: dict[str, Any]) -> dict[str, st
         "untrained": ", ".join(metrics["untrained_labels"]),
         "variant_rows": variant_rows(manifest),
         "calibration": calibration_section(metrics),
+        "ood_guard": ood_section(manifest),
     }
+
+
+OOD_RESULTS = ROOT / "docs" / "results" / "ood-guard.json"
+
+
+def ood_section(manifest: dict[str, Any], results: Path = OOD_RESULTS) -> str:
+    """The out-of-distribution guard: its rule from the manifest, its measurement from
+    ``python -m recipes.ood_measure --out docs/results/ood-guard.json`` (docs/ood.md)."""
+    guard = manifest.get("ood_guard")
+    if not guard:
+        return "This model repository has no out-of-distribution guard: it classifies anything that decodes."
+    held = guard["threshold_on"]
+    lines = [
+        f"Images whose out-of-distribution score (Mahalanobis distance of the CLS embedding from a "
+        f"Gaussian of the {guard['fitted_on']['images']} training images' embeddings, computed in the "
+        f"ONNX graph) is over **{guard['threshold']:.3f}**, or DICOMs whose Modality is not "
+        f"{'/'.join(guard['modalities'])} or whose ViewPosition is not one of "
+        f"{', '.join(guard['view_positions']) or 'the training views'}, are refused with 422 "
+        "`not_a_chest_radiograph` (`CXR_MSN_OOD=warn` serves them with a warning). Threshold: "
+        f"{guard['threshold_rule']} (held out: "
+        + ", ".join(
+            f"{name} {entry['images']} images, max {entry['max']:.2f}" for name, entry in held.items()
+        )
+        + ").",
+    ]
+    if not results.is_file():
+        lines.append(
+            "\nNot measured yet: run `python -m recipes.ood_measure --out docs/results/ood-guard.json`."
+        )
+        return "\n".join(lines)
+    report = _load(results)
+    block = report["variants"].get("fp32")
+    if block is None:
+        return "\n".join(lines)
+    if abs(block["threshold"] - guard["threshold"]) > 1e-6:
+        lines.append(
+            f"\n**Stale measurement:** {results.name} was measured at threshold {block['threshold']:.3f}; "
+            "run `python -m recipes.ood_measure --out docs/results/ood-guard.json` again."
+        )
+    cost = block["cost"]
+    lines.append(
+        f"\nMeasured end to end through the served fp32 model (docs/ood.md): false rejections on the "
+        f"in-distribution test split **{block['false_rejection_test']:.1%}** of {report['test_images']} "
+        f"(goal <= 2 %); real chest DICOM films refused {block['chest_dicom_films']['refused']} of "
+        f"{block['chest_dicom_films']['files']}; cost {cost['guard_ms_paired_median']:.3f} ms per image "
+        f"(median paired difference, {cost['with_guard_ms']:.2f} ms with the guard and "
+        f"{cost['without_guard_ms']:.2f} ms without, batch 1, one thread).\n"
+    )
+    lines.append("| set | files | AUROC vs test | flagged (score or header) |")
+    lines.append("|---|---:|---:|---:|")
+    for name, row in block["sets"].items():
+        auroc = "n/a" if row["auroc"] is None else f"{row['auroc']:.3f}"
+        flagged = "n/a" if row["flagged"] is None else f"{row['flagged']:.0%}"
+        lines.append(f"| {name} | {row['files']} | {auroc} | {flagged} |")
+    passing = [
+        f"{name} ({1 - row['flagged']:.0%} pass)"
+        for name, row in block["sets"].items()
+        if row["flagged"] is not None and row["flagged"] < 0.9
+    ]
+    lines.append(
+        "\nWhat it still lets through (sets where under 90 % are flagged): "
+        + "; ".join(passing)
+        + ". A CT or MR slice is refused by its DICOM Modality; as a PNG only its score would judge it."
+    )
+    return "\n".join(lines)
 
 
 def head_protocol(head: dict[str, Any]) -> str:

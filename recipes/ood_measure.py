@@ -1,7 +1,10 @@
-"""Measure candidate out-of-distribution scores on the bundled model (issue 20 items 1-2).
+"""Measure out-of-distribution scores on the bundled model (issue 20 items 1-2).
 
-A measurement, not the guard: it chooses the score by measurement before the serving path
-gets one. Every input goes through serving's own decode and preprocess
+Two measurements. ``--candidates`` (how the score was chosen, before the guard existed) and,
+by default, the guard as served (``evaluate_shipped``), end to end.
+
+Candidates: it chose the score by measurement before the serving path had one.
+Every input goes through serving's own decode and preprocess
 (``serving.predictor.prepare_image``); then three candidate scores:
 
 - ``embedding``: Mahalanobis distance of the frozen encoder's CLS embedding to a Gaussian of
@@ -15,7 +18,16 @@ Operating threshold: the 99th percentile of the validation split's scores. Repor
 out-of-distribution set: AUROC of the score against the in-distribution test split and the
 share flagged at the threshold; and the false-rejection rate on the test split.
 
-    python -m recipes.ood_measure [--work runs/bundled] [--repository model_repository] [--out FILE]
+The shipped guard: every input goes through ``serving.predictor`` as the service runs it
+(decode, preprocess, the variant's graph with its ``ood_score`` output, ``Predictor.verdict``:
+score over the manifest's threshold, DICOM Modality or ViewPosition). Per set: the AUROC of the
+score against the in-distribution test split, the share flagged by the score alone and by the
+whole rule; the false-rejection rate on the test split and on real chest DICOM films; and the
+cost of the score per image: median ms of the graph with the guard against the same graph with
+the guard's nodes cut off (batch 1, one thread, interleaved), in the same run.
+
+    python -m recipes.ood_measure [--work runs/bundled] [--repository model_repository]
+        [--candidates] [--out FILE] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -264,16 +276,227 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def chest_dicom_films() -> dict[str, bytes]:
+    """Real chest radiograph DICOMs that must pass: pydicom-data's RG1 (CR, PA) and the decodable
+    films of ../shared/data/dicom (CR and DX; absent without the shared data)."""
+    import csv as csv_module
+
+    from pydicom.data import get_testdata_file
+
+    films: dict[str, bytes] = {}
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is not None:
+            films[f"pydicom-data {name}"] = Path(path).read_bytes()
+    folder = ROOT.parent / "shared" / "data" / "dicom"
+    if (folder / "manifest.csv").is_file():
+        with (folder / "manifest.csv").open(newline="") as handle:
+            for row in csv_module.DictReader(handle):
+                if row["expected_to_decode"] == "yes" and not row["file"].startswith("Fake_"):
+                    films[f"shared {row['file'][:24]}"] = (folder / row["file"]).read_bytes()
+    return films
+
+
+def mislabelled_films() -> list[bytes]:
+    """../shared/data/dicom's Fake_MONOHR1: a chest film tagged MONOCHROME1 by mistake, so it
+    decodes inverted (white lungs). Refusing it is right: the model never saw inverted films."""
+    path = ROOT.parent / "shared" / "data" / "dicom" / "Fake_MONOHR1.dcm"
+    return [path.read_bytes()] if path.is_file() else []
+
+
+def extremity_films() -> list[bytes]:
+    """pydicom-data's RG3: a CR radiograph (AP) of an extremity, not a chest."""
+    from pydicom.data import get_testdata_file
+
+    paths = [get_testdata_file(name, download=False) for name in ("RG3_UNCR.dcm", "RG3_J2KR.dcm")]
+    return [Path(path).read_bytes() for path in paths if path is not None]
+
+
+def ood_sets(test_files: list[bytes]) -> dict[str, list[bytes]]:
+    """The out-of-distribution sets, generated or shipped with packages (seeded)."""
+    rng = np.random.default_rng(SEED)
+    return {
+        "uniform and Gaussian noise": list(noise_images(30, rng)),
+        "colour gradients": list(gradient_images(30, rng)),
+        "rendered text pages": list(text_pages(30, rng)),
+        "pydicom CT, MR, US and other test files": list(dicom_files()),
+        "pydicom CR extremity (RG3)": extremity_films(),
+        "chest film mis-tagged MONOCHROME1 (inverted)": mislabelled_films(),
+        "natural photos (scikit-learn samples, crops)": list(natural_photos(30, rng)),
+        **altered_films(test_files[:60], rng),
+    }
+
+
+class ServedGuard:
+    """One variant of the repository as serving loads it: scores and verdicts of raw files."""
+
+    def __init__(self, repository: Path, variant: str) -> None:
+        from serving.predictor import load_predictor
+
+        self.predictor = load_predictor(repository, variant=variant, self_check=False, intra_op_threads=1)
+        if self.predictor.guard is None:
+            raise SystemExit(
+                f"{repository} has no out-of-distribution guard (exported without --ood-fit-manifest)"
+            )
+        self.threshold = self.predictor.guard.threshold
+
+    def judge(self, files: list[bytes]) -> dict[str, Any]:
+        """Scores [N] of the decodable files, whether the score or the whole rule flags each, and
+        how many did not decode (the decoder refuses those before the guard)."""
+        from cxrmsn.errors import DecodeError
+
+        scores, by_rule, failed = [], [], 0
+        for data in files:
+            try:
+                prepared = self.predictor.prepare(data)
+            except DecodeError:
+                failed += 1
+                continue
+            _, _, score = self.predictor.infer_scored(prepared.model_input[None])
+            value = float(score[0])  # type: ignore[index]
+            scores.append(value)
+            by_rule.append(self.predictor.verdict(prepared, value).refused)
+        values = np.asarray(scores)
+        return {
+            "scores": values,
+            "flagged_by_score": values > self.threshold,
+            "flagged": np.asarray(by_rule, dtype=bool),
+            "undecodable": failed,
+        }
+
+
+def guard_cost(model_path: Path, image_size: int, repeats: int = 200) -> dict[str, float]:
+    """Median ms per image at batch 1 on one thread: the graph with the guard, and the same graph
+    cut at probabilities and attention (the guard's nodes pruned), interleaved in one run."""
+    import onnx
+    from onnx.utils import Extractor
+
+    from export.runtime import cpu_session
+
+    full = onnx.load(str(model_path))
+    baseline = Extractor(full).extract_model(["image"], ["probabilities", "attention"])
+    sessions = {"with_guard": cpu_session(model_path, threads=1)}
+    sessions["without_guard"] = cpu_session(baseline.SerializeToString(), threads=1)
+    image = np.random.default_rng(SEED).standard_normal((1, 3, image_size, image_size), dtype=np.float32)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(10):  # warm-up
+        for session in sessions.values():
+            session.run(None, {"image": image})
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            started = time.perf_counter()
+            session.run(None, {"image": image})
+            times[name].append((time.perf_counter() - started) * 1e3)
+    medians = {f"{name}_ms": round(float(np.median(values)), 3) for name, values in times.items()}
+    medians["guard_ms"] = round(medians["with_guard_ms"] - medians["without_guard_ms"], 3)
+    paired = np.asarray(times["with_guard"]) - np.asarray(times["without_guard"])
+    medians["guard_ms_paired_median"] = round(float(np.median(paired)), 3)
+    medians["repeats"] = repeats
+    return medians
+
+
+def evaluate_shipped(
+    work: Path, repository: Path, variants: tuple[str, ...] = ("fp32", "int8")
+) -> dict[str, Any]:
+    """The served guard of ``repository`` on the OOD sets and the in-distribution test split."""
+    from training.downstream.metrics import auroc
+
+    splits = split_files(work)
+    sets = ood_sets(splits["test"])
+    films = chest_dicom_films()
+    report: dict[str, Any] = {"seed": SEED, "test_images": len(splits["test"]), "variants": {}}
+    from cxrmsn.repository import read_manifest
+
+    available = read_manifest(repository).models
+    for variant in [name for name in variants if name in available]:
+        served = ServedGuard(repository, variant)
+        test = served.judge(splits["test"])
+        film = served.judge(list(films.values()))
+        rows = {}
+        for name, files in sets.items():
+            judged = served.judge(files)
+            values = judged["scores"]
+            positive = np.r_[np.zeros(len(test["scores"]), bool), np.ones(len(values), bool)]
+            rows[name] = {
+                "files": len(files),
+                "undecodable": judged["undecodable"],
+                "scored": len(values),
+                "auroc": auroc(np.r_[test["scores"], values], positive) if len(values) else None,
+                "flagged_by_score": float(np.mean(judged["flagged_by_score"])) if len(values) else None,
+                "flagged": float(np.mean(judged["flagged"])) if len(values) else None,
+            }
+        guard = served.predictor.guard
+        model_path = repository / served.predictor.model_file.path
+        report["variants"][variant] = {
+            "threshold": served.threshold,
+            "threshold_rule": guard.threshold_rule if guard else None,
+            "false_rejection_test": float(np.mean(test["flagged"])),
+            "false_rejection_test_by_score": float(np.mean(test["flagged_by_score"])),
+            "test_scores": {
+                "median": float(np.median(test["scores"])),
+                "p99": float(np.percentile(test["scores"], 99)),
+                "max": float(np.max(test["scores"])),
+            },
+            "chest_dicom_films": {
+                "files": len(films),
+                "names": list(films),
+                "scores": [round(float(v), 3) for v in film["scores"]],
+                "refused": int(np.sum(film["flagged"])),
+            },
+            "sets": rows,
+            "cost": guard_cost(model_path, served.predictor.preprocessing.crop),
+        }
+    return report
+
+
+def shipped_table(report: dict[str, Any]) -> str:
+    lines = []
+    for variant, block in report["variants"].items():
+        cost = block["cost"]
+        films = block["chest_dicom_films"]
+        lines.append(
+            f"\n{variant}: threshold {block['threshold']:.3f}; false rejections on the test split "
+            f"{block['false_rejection_test']:.1%} of {report['test_images']}; real chest DICOM films refused "
+            f"{films['refused']} of {films['files']}; cost {cost['guard_ms']:+.3f} ms/image (median of "
+            f"paired differences {cost['guard_ms_paired_median']:+.3f} ms; median "
+            f"{cost['with_guard_ms']:.3f} ms with the guard, {cost['without_guard_ms']:.3f} ms without, "
+            "batch 1, one thread)"
+        )
+        lines.append(
+            "| set | files | undecodable | AUROC vs test | flagged by score | flagged (score or header) |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for name, row in block["sets"].items():
+            value = "n/a" if row["auroc"] is None else f"{row['auroc']:.3f}"
+            by_score = "n/a" if row["flagged_by_score"] is None else f"{row['flagged_by_score']:.0%}"
+            flagged = "n/a" if row["flagged"] is None else f"{row['flagged']:.0%}"
+            lines.append(
+                f"| {name} | {row['files']} | {row['undecodable']} | {value} | {by_score} | {flagged} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipes.ood_measure", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bundled")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument(
+        "--candidates", action="store_true", help="measure the candidate scores (before the guard) instead"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table(s) as Markdown here")
     args = parser.parse_args(argv)
-    report = measure(args.work, args.repository)
-    print(table(report))
+    if args.candidates:
+        report = measure(args.work, args.repository)
+        text = table(report)
+    else:
+        report = evaluate_shipped(args.work, args.repository)
+        text = shipped_table(report)
+    print(text)
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown is not None:
+        args.markdown.write_text(text.lstrip() + "\n")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Inference backends behind one interface: ONNX Runtime in-process, or a remote Triton.
 
 Each takes a float32 batch [B, 3, H, W] and returns (probabilities [B, 14],
-attention [B, gh, gw]) as float32 numpy arrays. No torch.
+attention [B, gh, gw]) as float32 numpy arrays (``infer``); ``infer_scored`` adds the
+out-of-distribution score [B] of a guarded graph (its ``ood_score`` output), or None for a
+graph exported without the guard. No torch.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from serving.config import ServingConfig
 LOGGER = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "attention")
+OOD_OUTPUT = "ood_score"
+Scored = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -93,8 +97,11 @@ def session_providers(
 
 class Backend(Protocol):
     description: str
+    has_ood_score: bool
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def infer_scored(self, batch: np.ndarray) -> Scored: ...
 
 
 class OnnxRuntimeBackend:
@@ -123,10 +130,17 @@ class OnnxRuntimeBackend:
         wanted = [p if isinstance(p, str) else p[0] for p in providers]
         if wanted and running[0] != wanted[0]:
             LOGGER.warning("asked for %s first, but the session runs on %s", wanted[0], running[0])
+        self.has_ood_score = OOD_OUTPUT in {output.name for output in self.session.get_outputs()}
+        self._outputs = [*OUTPUT_NAMES, *([OOD_OUTPUT] if self.has_ood_score else [])]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, attention = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return np.asarray(probabilities), np.asarray(attention)
+
+    def infer_scored(self, batch: np.ndarray) -> Scored:
+        outputs = self.session.run(self._outputs, {INPUT_NAME: batch})
+        score = np.asarray(outputs[2]).reshape(-1) if self.has_ood_score else None
+        return np.asarray(outputs[0]), np.asarray(outputs[1]), score
 
 
 def _input_size(model_path: Path) -> int:
@@ -141,8 +155,10 @@ def _input_size(model_path: Path) -> int:
 class TritonBackend:
     """A remote Triton Inference Server (KServe v2) over HTTP or gRPC."""
 
-    def __init__(self, model_name: str, config: ServingConfig) -> None:
+    def __init__(self, model_name: str, config: ServingConfig, *, ood_score: bool = False) -> None:
+        """``ood_score``: the model has the guard's output (the manifest says so), request it too."""
         self.model_name = model_name
+        self.has_ood_score = ood_score
         self.protocol = "grpc" if config.backend == "triton-grpc" else "http"
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
@@ -156,14 +172,27 @@ class TritonBackend:
         return bool(self._client.is_model_ready(self.model_name))
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, attention, _ = self._request(batch, OUTPUT_NAMES)
+        return probabilities, attention
+
+    def infer_scored(self, batch: np.ndarray) -> Scored:
+        names = (*OUTPUT_NAMES, OOD_OUTPUT) if self.has_ood_score else OUTPUT_NAMES
+        return self._request(batch, names)
+
+    def _request(self, batch: np.ndarray, names: tuple[str, ...]) -> Scored:
         tensor = self._module.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        outputs = [self._module.InferRequestedOutput(name) for name in names]
         result = self._client.infer(self.model_name, inputs=[tensor], outputs=outputs)
-        return result.as_numpy(OUTPUT_NAMES[0]), result.as_numpy(OUTPUT_NAMES[1])
+        # Triton declares the per-image score dims [1] (reshaped): [B, 1] here, [B] for the caller.
+        score = result.as_numpy(OOD_OUTPUT).reshape(-1) if OOD_OUTPUT in names else None
+        return result.as_numpy(OUTPUT_NAMES[0]), result.as_numpy(OUTPUT_NAMES[1]), score
 
 
-def create_backend(config: ServingConfig, model_path: Path, triton_model: str) -> Backend:
+def create_backend(
+    config: ServingConfig, model_path: Path, triton_model: str, *, ood_score: bool = False
+) -> Backend:
+    """``ood_score``: the manifest records a guard (the in-process backend reads the graph itself)."""
     if config.backend == "onnxruntime":
         return OnnxRuntimeBackend(model_path, config)
-    return TritonBackend(triton_model, config)
+    return TritonBackend(triton_model, config, ood_score=ood_score)

@@ -13,11 +13,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 LOGGER = logging.getLogger(__name__)
-Result = tuple[np.ndarray, np.ndarray]
+#: One image's outputs: (probabilities, attention) and, from ``Predictor.infer_scored``, its
+#: out-of-distribution score (None from a graph without one).
+Result = tuple[Any, ...]
 InferFn = Callable[[np.ndarray], Result]
 
 
@@ -34,7 +37,8 @@ class MicroBatcher:
         self.on_batch: Callable[[int, float], None] | None = None
 
     async def infer(self, model_input: np.ndarray) -> Result:
-        """One preprocessed image [3, H, W] -> (probabilities [14], attention [gh, gw])."""
+        """One preprocessed image [3, H, W] -> (probabilities [14], attention [gh, gw], ...): each
+        of the batch's outputs at this image's index (an output that is None stays None)."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run(self._queue))
@@ -54,7 +58,7 @@ class MicroBatcher:
             batch = np.stack([x for x, _ in live])
             started = loop.time()
             try:
-                probabilities, attention = await loop.run_in_executor(self._executor, self._infer, batch)
+                outputs = await loop.run_in_executor(self._executor, self._infer, batch)
             except Exception as error:  # a backend fault fails this batch, not the server
                 LOGGER.exception("inference failed for a batch of %d", len(live))
                 for _, future in live:
@@ -64,7 +68,7 @@ class MicroBatcher:
             self._record(len(live), loop.time() - started)
             for index, (_, future) in enumerate(live):
                 if not future.done():
-                    future.set_result((probabilities[index], attention[index]))
+                    future.set_result(tuple(None if out is None else out[index] for out in outputs))
 
     def _record(self, size: int, seconds: float) -> None:
         self.batch_sizes = [*self.batch_sizes[-999:], size]

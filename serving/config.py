@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("onnxruntime", "triton-http", "triton-grpc")
+#: CXR_MSN_OOD: what an image the out-of-distribution guard does not take for a chest radiograph
+#: gets: refuse (422 not_a_chest_radiograph) or warn (served, with a warning; research use).
+OOD_MODES = ("refuse", "warn")
 MIN_DECODE_MEMORY_MIB = 64
 
 
@@ -62,10 +65,13 @@ class ServingConfig:
     decode_workers: int = field(default_factory=default_decode_workers)
     decode_deadline_s: float = 10.0  # per upload: decode + preprocess (+ DICOM header read)
     decode_memory_mib: int = 1536  # address space one decode may add to its worker
+    ood_mode: str = "refuse"  # OOD_MODES
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.ood_mode not in OOD_MODES:
+            raise ValueError(f"CXR_MSN_OOD must be one of {OOD_MODES}, got {self.ood_mode!r}")
         if self.decode_workers < 0:
             raise ValueError(f"decode_workers must be >= 0, got {self.decode_workers}")
         if not 0 < self.decode_deadline_s < float("inf"):
@@ -92,6 +98,7 @@ class ServingConfig:
             decode_workers=_env_int("CXR_MSN_DECODE_WORKERS", default_decode_workers(), minimum=0),
             decode_deadline_s=_env_float("CXR_MSN_DECODE_DEADLINE_S", 10.0, minimum=0.1),
             decode_memory_mib=_env_int("CXR_MSN_DECODE_MEMORY_MIB", 1536, minimum=MIN_DECODE_MEMORY_MIB),
+            ood_mode=os.environ.get("CXR_MSN_OOD", "").strip().lower() or "refuse",
         )
 
 

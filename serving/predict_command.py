@@ -2,7 +2,9 @@
 
 Each file is decoded (DICOM, PNG or JPEG by content), preprocessed and run by ONNX
 Runtime exactly as ``POST /predict`` does. Folders are searched recursively. Files that
-cannot be decoded are reported on stderr and skipped; the exit status is 1 if any was.
+cannot be decoded, and images the out-of-distribution guard does not take for a chest
+radiograph (``not_a_chest_radiograph``; ``--ood warn`` serves them with a warning), are
+reported on stderr and as error records, and skipped; the exit status is 1 if any was.
 With ``--dicom-dir`` each DICOM input also gets a Structured Report and a heatmap Secondary
 Capture (as ``POST /predict_dicom`` returns them), ready to send to a PACS.
 """
@@ -37,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Secondary Capture (<SOPInstanceUID>.sc.dcm) here",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
+    parser.add_argument(
+        "--ood",
+        choices=["refuse", "warn"],
+        default=None,
+        help="an image the out-of-distribution guard does not take for a chest radiograph: refuse "
+        "it (reported as not_a_chest_radiograph, exit status 1) or predict with a warning "
+        "(default: env CXR_MSN_OOD, else refuse)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
-        predictor = load_predictor(args.repository, variant=args.variant)
+        overrides = {"ood_mode": args.ood} if args.ood else {}
+        predictor = load_predictor(args.repository, variant=args.variant, **overrides)
     except RepositoryError as error:  # a bad repository, or a variant refused by its self-check
         print(f"cxr-msn predict: {error}", file=sys.stderr)
         return 2
@@ -89,14 +100,27 @@ def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, arg
     """Run the pending images as one batch and write their outputs; returns the failure count."""
     import numpy as np
 
+    from cxrmsn.errors import NotAChestRadiographError
+
     if not pending:
         return 0
     batch = np.stack([prepared.model_input for _, prepared in pending])
-    probabilities, attention = predictor.infer(batch)
+    probabilities, attention, scores = predictor.infer_scored(batch)
     failures = 0
     for index, (path, prepared) in enumerate(pending):
+        try:
+            verdict = predictor.screen(prepared, None if scores is None else scores[index])
+        except NotAChestRadiographError as error:
+            failures += 1
+            print(f"refused {path}: {error.code}: {error.detail}", file=sys.stderr)
+            writer.error(path, error.code, error.detail)
+            continue
         result = predictor.result(
-            prepared, probabilities[index], attention[index], overlay=args.overlay_dir is not None
+            prepared,
+            probabilities[index],
+            attention[index],
+            overlay=args.overlay_dir is not None,
+            ood=verdict,
         )
         if args.overlay_dir is not None:
             args.overlay_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +133,8 @@ def _flush(predictor: Any, pending: list[tuple[Path, Any]], writer: _Writer, arg
         if args.format != "json":  # JSON records carry it in their warnings
             for label, reason in result.get("overruled", {}).items():  # the No Finding rule
                 print(f"note: {path}: {label} not positive: {reason}", file=sys.stderr)
+            if verdict.refused:  # CXR_MSN_OOD=warn
+                print(f"warning: {path}: {result['warnings'][0]}", file=sys.stderr)
     pending.clear()
     return failures
 

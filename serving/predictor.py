@@ -11,6 +11,13 @@ model can compute other integers on another CPU (x86-64 without VNNI saturates i
 this is where that shows. A variant that fails is refused (``VariantRefusedError``, one line
 naming the CPU's int8 flags) or, with ``CXR_MSN_VARIANT_FALLBACK=fp32``, replaced by fp32
 with a warning. A repository without regression inputs is served unchecked, with a note.
+
+The out-of-distribution guard (``cxrmsn.ood``, docs/ood.md): ``screen`` applies its rule to
+one image's ``ood_score`` (a third output of a guarded graph) and DICOM header; with
+CXR_MSN_OOD=refuse (the default) an image it does not take for a chest radiograph raises
+``NotAChestRadiographError`` (422), with CXR_MSN_OOD=warn it is served with a warning. Every
+result says how close it came (``ood``: score and threshold). A repository exported without
+the guard is served with a warning; its DICOM Modality check still refuses.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from cxrmsn.errors import NotAChestRadiographError
 from cxrmsn.imaging import DecodedImage, decode
+from cxrmsn.ood import SCORE_KIND, Verdict, decide
 from cxrmsn.preprocess import PreprocessConfig, preprocess
 from cxrmsn.repository import (
     GATE_EVALUATED,
@@ -39,7 +48,7 @@ from cxrmsn.repository import (
     verified_file,
     verified_model_path,
 )
-from serving.backends import Backend, create_backend
+from serving.backends import Backend, Scored, create_backend
 from serving.config import ServingConfig
 from serving.overlay import model_view, overlay_png, overlay_rgb, png_bytes
 
@@ -67,6 +76,16 @@ FALLBACK_WARNING = (
     "served {served} instead of {requested}: {requested} failed its start-up self-check on this CPU"
 )
 PASSED, FAILED, SKIPPED, NOT_RUN = "passed", "failed", "skipped", "not run"
+NO_GUARD_WARNING = (
+    "this model repository has no out-of-distribution guard (exported without --ood-fit-manifest "
+    "or before it existed): images that are not chest radiographs are classified too"
+)
+OOD_WARNING = (
+    "not taken for a chest radiograph ({detail}); served because CXR_MSN_OOD=warn: "
+    "these probabilities have no meaning for such an image"
+)
+#: ``ood.status`` of a result.
+OOD_PASSED, OOD_FLAGGED, OOD_NO_GUARD, OOD_NOT_SCORED = "passed", "flagged", "no_guard", "not_scored"
 LOGGER = logging.getLogger(__name__)
 
 
@@ -237,13 +256,24 @@ class Predictor:
         trained = set(self.manifest.trained_labels)
         self.untrained_labels = [label for label in self.manifest.labels if label not in trained]
         self.not_validated_labels = self.manifest.not_validated_labels
+        self.guard = self.manifest.ood_guard
+        if self.guard is not None and not self.backend.has_ood_score:
+            raise RepositoryError(
+                f"{config.model_repository}: the manifest records an out-of-distribution guard but "
+                f"the {self.variant} graph has no {self.guard.output} output"
+            )
+        if self.guard is None:  # every result carries it as a warning
+            LOGGER.info("%s", NO_GUARD_WARNING)
 
     def _load(self, variant: str, check: bool) -> tuple[Backend, SelfCheck]:
         repository = self.config.model_repository
         model_path = verified_model_path(repository, self.manifest, variant)
         explicit = self.config.triton_model if variant == self.requested_variant else None
         backend = create_backend(
-            self.config, model_path, explicit or self.manifest.models[variant].triton_model
+            self.config,
+            model_path,
+            explicit or self.manifest.models[variant].triton_model,
+            ood_score=self.manifest.ood_guard is not None,
         )
         if not check:
             return backend, SelfCheck(variant, NOT_RUN, "self-check turned off by the caller")
@@ -264,6 +294,54 @@ class Predictor:
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.backend.infer(batch)
 
+    def infer_scored(self, batch: np.ndarray) -> Scored:
+        """(probabilities, attention, ood_score [B] or None without the guard) of one batch."""
+        return self.backend.infer_scored(batch)
+
+    def verdict(self, prepared: PreparedImage, score: float | None) -> Verdict:
+        """The guard's rule (``cxrmsn.ood.decide``) for one image and its score."""
+        info = prepared.decoded.info
+        guard = self.guard
+        dicom = info.format == "dicom"
+        return decide(
+            None if guard is None or score is None else float(score),
+            None if guard is None else guard.threshold,
+            modality=info.modality if dicom else None,
+            view_position=info.view_position if dicom else None,
+            views=guard.view_positions if guard is not None else (),
+        )
+
+    def screen(self, prepared: PreparedImage, score: float | None) -> Verdict:
+        """``verdict``, raising ``NotAChestRadiographError`` for a refused image unless
+        CXR_MSN_OOD=warn (then the result carries a warning)."""
+        verdict = self.verdict(prepared, score)
+        if verdict.refused and self.config.ood_mode == "refuse":
+            raise NotAChestRadiographError(
+                f"not taken for a chest radiograph: {verdict.detail()}",
+                score=verdict.score,
+                threshold=verdict.threshold,
+            )
+        return verdict
+
+    def ood_summary(self, verdict: Verdict) -> dict[str, Any]:
+        """The result's ``ood`` object: how the image fared against the guard."""
+        if verdict.refused:
+            status = OOD_FLAGGED
+        elif self.guard is None:
+            status = OOD_NO_GUARD
+        elif verdict.score is None:
+            status = OOD_NOT_SCORED
+        else:
+            status = OOD_PASSED
+        return {
+            "status": status,
+            "score": None if verdict.score is None else round(verdict.score, 4),
+            "threshold": verdict.threshold,
+            "score_kind": SCORE_KIND if self.guard is not None else None,
+            "mode": self.config.ood_mode,
+            "reasons": list(verdict.reasons),
+        }
+
     def result(
         self,
         prepared: PreparedImage,
@@ -272,14 +350,19 @@ class Predictor:
         *,
         overlay: bool,
         image: bool = False,
+        ood: Verdict | None = None,
     ) -> dict[str, Any]:
+        """The JSON result; ``ood`` is ``screen``'s verdict (None: the header rules only, no score)."""
         labels = self.manifest.labels
         by_label = {label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)}
         attention = np.asarray(attention, dtype=np.float64)
         total = float(attention.sum())
         normalised = attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
         findings = self.findings(by_label)
+        verdict = ood if ood is not None else self.verdict(prepared, None)
         warnings = list(prepared.decoded.info.warnings)
+        if verdict.refused:
+            warnings.insert(0, OOD_WARNING.format(detail=verdict.detail()))
         warnings += self.model_warnings()
         warnings += findings.warnings
         result: dict[str, Any] = {
@@ -293,6 +376,7 @@ class Predictor:
             "overruled": findings.overruled,
             "model": self.model_summary(),
             "input": prepared.decoded.info.to_dict(),
+            "ood": self.ood_summary(verdict),
             "warnings": warnings,
         }
         if overlay:
@@ -331,6 +415,8 @@ class Predictor:
     def model_warnings(self) -> list[str]:
         """What every result of this model carries: labels that can never be positive, and why."""
         warnings = [self.fallback_reason] if self.fallback_reason else []
+        if self.guard is None:
+            warnings.append(NO_GUARD_WARNING)
         if self.untrained_labels:
             warnings.append(UNTRAINED_WARNING.format(labels=", ".join(self.untrained_labels)))
         gate = self.manifest.validity_gate
@@ -379,6 +465,8 @@ class Predictor:
             "labels": list(self.manifest.labels),
             "thresholds": dict(self.manifest.thresholds),
             "calibration": dict(self.manifest.calibration),
+            "ood_guard": asdict(guard) if (guard := self.manifest.ood_guard) else None,
+            "ood_mode": self.config.ood_mode,
             "preprocessing": self.preprocessing.to_dict(),
             "training_data": self.manifest.training_data,
             "metrics": self.manifest.metrics,

@@ -52,6 +52,23 @@ class InputInfo(BaseModel):
     )
 
 
+class OodInfo(BaseModel):
+    status: str = Field(
+        description="passed (score at or under the threshold); flagged (not taken for a chest "
+        "radiograph, served because CXR_MSN_OOD=warn); no_guard (the repository has no "
+        "out-of-distribution score; only the DICOM header is checked); not_scored"
+    )
+    score: float | None = Field(
+        default=None,
+        description="Mahalanobis distance of the image's CLS embedding from the training images' "
+        "Gaussian (in the ONNX graph); over threshold: not a chest radiograph",
+    )
+    threshold: float | None = Field(default=None, description="the model's operating threshold (docs/ood.md)")
+    score_kind: str | None = None
+    mode: str = Field(description="CXR_MSN_OOD: refuse (422 not_a_chest_radiograph) or warn")
+    reasons: list[str] = Field(default_factory=list, description="why it was flagged (empty: it was not)")
+
+
 class PredictResponse(BaseModel):
     labels: list[str] = Field(description="the 14 CheXpert labels, in model order")
     probabilities: dict[str, float] = Field(description="label -> sigmoid probability")
@@ -68,6 +85,9 @@ class PredictResponse(BaseModel):
     )
     model: ModelInfo
     input: InputInfo = Field(description="facts about the upload; never patient identifiers")
+    ood: OodInfo | None = Field(
+        default=None, description="the out-of-distribution guard's score and threshold for this image"
+    )
     warnings: list[str] = Field(description="decoder and model warnings for this result")
     overlay_png_base64: str | None = Field(
         default=None,
@@ -140,6 +160,12 @@ class ModelCard(BaseModel):
         "split they were fitted on); probabilities and thresholds are on the calibrated scale; "
         "empty: a model exported without calibration",
     )
+    ood_guard: dict[str, Any] | None = Field(
+        default=None,
+        description="the out-of-distribution guard written at export (score, threshold, how it was "
+        "chosen, fitted sample sizes, covered modalities and views); null: none",
+    )
+    ood_mode: str | None = Field(default=None, description="CXR_MSN_OOD: refuse or warn")
     preprocessing: dict[str, Any]
     training_data: dict[str, Any]
     metrics: dict[str, Any]

@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve this variant (fp32) when the chosen one fails its start-up self-check on this CPU; "
         "default: refuse to start (env CXR_MSN_VARIANT_FALLBACK)",
     )
+    parser.add_argument(
+        "--ood",
+        choices=("refuse", "warn"),
+        default=os.environ.get("CXR_MSN_OOD", "").strip().lower() or None,
+        help="an image the out-of-distribution guard does not take for a chest radiograph: refuse "
+        "it (422 not_a_chest_radiograph) or serve it with a warning (research use); default: refuse "
+        "(env CXR_MSN_OOD; docs/ood.md)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT", "3000")), help="HTTP port (env PORT)"
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         env["CXR_MSN_TRITON_MODEL"] = args.triton_model
     if args.variant_fallback:
         env["CXR_MSN_VARIANT_FALLBACK"] = args.variant_fallback
+    if args.ood:
+        env["CXR_MSN_OOD"] = args.ood
     problem = _upload_settings_problem() or preflight(args.repository, args.variant, args.backend)
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
@@ -94,11 +104,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"cxr-msn serve: {problem}", file=sys.stderr)
             return 2
         print(f"cxr-msn serve: {outcome}", file=sys.stderr)
-    print(f"cxr-msn serve: {args.repository} verified", file=sys.stderr)
+    print(f"cxr-msn serve: {args.repository} verified; {_guard_line(args)}", file=sys.stderr)
     if args.check_only:
         return 0
     command = [sys.executable, "-m", "serving.serve_command", SERVICE, "--host", args.host]
     os.execvpe(command[0], [*command, "--port", str(args.port)], env)
+
+
+def _guard_line(args: argparse.Namespace) -> str:
+    """What the out-of-distribution guard will do, in words."""
+    from cxrmsn.repository import read_manifest
+
+    guard = read_manifest(args.repository).ood_guard
+    if guard is None:
+        return "no out-of-distribution guard in this repository (only the DICOM Modality is checked)"
+    mode = args.ood or "refuse"
+    return f"out-of-distribution guard: score over {guard.threshold:.3f} -> {mode} (CXR_MSN_OOD)"
 
 
 def _upload_settings_problem() -> str | None:
@@ -137,6 +158,7 @@ def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
             model_repository=args.repository,
             variant=args.variant,
             backend="onnxruntime",
+            ood_mode=args.ood or "refuse",
         )
         return None, startup_self_check(config, fallback)
     except ValueError as error:  # RepositoryError, VariantRefusedError, a malformed environment variable

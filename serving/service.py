@@ -22,7 +22,8 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import JSONResponse, Response
 
-from cxrmsn.errors import DecodeError
+from cxrmsn.errors import DecodeError, NotAChestRadiographError
+from cxrmsn.ood import Verdict
 from serving import dicom_output
 from serving.batching import MicroBatcher
 from serving.config import ServingConfig
@@ -74,7 +75,8 @@ UI_HEADERS = {
     "Cache-Control": "no-cache",
 }
 DICOM_FILE_NAMES = {"sr": "cxr-msn-report-sr.dcm", "sc": "cxr-msn-heatmap-sc.dcm"}
-ModelOutcome = tuple[PreparedImage, Any, Any, Any]  # prepared, probabilities, attention, DICOM header
+# prepared, probabilities, attention, DICOM header, the out-of-distribution guard's verdict
+ModelOutcome = tuple[PreparedImage, Any, Any, Any, Verdict]
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
@@ -95,7 +97,7 @@ class CXRService:
     def __init__(self) -> None:
         self.predictor = Predictor(CONFIG, fallback=VARIANT_FALLBACK)
         self.metrics = ServiceMetrics()
-        self.batcher = MicroBatcher(self.predictor.infer, max_batch_size=CONFIG.max_batch_size)
+        self.batcher = MicroBatcher(self.predictor.infer_scored, max_batch_size=CONFIG.max_batch_size)
         self.batcher.on_batch = self.metrics.observe_batch
         # Work in threads (reading uploads, results, DICOM output); bound them (anyio's default
         # pool has 40) so that memory and CPU stay proportional to the cores, not to the requests.
@@ -130,7 +132,9 @@ class CXRService:
         overlay: Annotated[bool, Field(description="also return the attention heatmap as a PNG")] = False,
         image: Annotated[bool, Field(description="also return the model's view of the image (PNG)")] = False,
     ) -> PredictResponse:
-        """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx."""
+        """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx; an
+        image the out-of-distribution guard does not take for a chest radiograph is 422
+        not_a_chest_radiograph (CXR_MSN_OOD=warn: 200 with a warning)."""
         outcome = await self._predict_one(file, overlay, image)
         if isinstance(outcome, ErrorResponse):
             return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
@@ -182,14 +186,15 @@ class CXRService:
         return _as_api_return(dicom_response(parts))
 
     def _dicom_parts(self, outcome: ModelOutcome, output: str) -> dict[str, bytes]:
-        prepared, probabilities, attention, source = outcome
-        result = self.predictor.result(prepared, probabilities, attention, overlay=False)
+        prepared, probabilities, attention, source, verdict = outcome
+        result = self.predictor.result(prepared, probabilities, attention, overlay=False, ood=verdict)
         parts = ("sr", "sc") if output == "both" else (output,)
         encoded = self.predictor.dicom_outputs(prepared, attention, result, source, parts)
         return {DICOM_FILE_NAMES[part]: content for part, content in encoded.items()}
 
     async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome | ErrorResponse:
-        """Decode, preprocess and infer one upload; every failure becomes an ErrorResponse."""
+        """Decode, preprocess, infer and screen one upload; every failure (a refusal by the
+        out-of-distribution guard included) becomes an ErrorResponse."""
         from serving import decode_pool
 
         prepared: PreparedImage
@@ -216,12 +221,18 @@ class CXRService:
             return ErrorResponse(error=error.code, detail=error.detail)
         self.metrics.count_request(prepared.decoded.info.format)
         try:
-            probabilities, attention = await self.batcher.infer(prepared.model_input)
+            probabilities, attention, score = await self.batcher.infer(prepared.model_input)
         except Exception as error:  # a backend fault: 500, logged without input details
             LOGGER.error("inference failed: %s", type(error).__name__)
             self.metrics.count_error("inference_failed")
             return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
-        return prepared, probabilities, attention, source
+        try:
+            verdict = self.predictor.screen(prepared, score)
+        except NotAChestRadiographError as error:
+            _STATUS.setdefault(error.code, error.http_status)
+            self.metrics.count_error(error.code)
+            return ErrorResponse(error=error.code, detail=error.detail)
+        return prepared, probabilities, attention, source, verdict
 
     async def _predict_one(
         self, path: Path, overlay: bool, image: bool = False
@@ -229,9 +240,11 @@ class CXRService:
         outcome = await self._run_model(path)
         if isinstance(outcome, ErrorResponse):
             return outcome
-        prepared, probabilities, attention, _ = outcome
+        prepared, probabilities, attention, _, verdict = outcome
         result = await anyio.to_thread.run_sync(
-            lambda: self.predictor.result(prepared, probabilities, attention, overlay=overlay, image=image),
+            lambda: self.predictor.result(
+                prepared, probabilities, attention, overlay=overlay, image=image, ood=verdict
+            ),
             limiter=self.decode_slots,
         )
         return PredictResponse.model_validate(result)

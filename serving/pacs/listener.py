@@ -314,10 +314,17 @@ class Listener:
             return status
         try:
             with self._infer_lock:
-                probabilities, attention = self.predictor.infer(np.stack([prepared.model_input]))
-            result = self.predictor.result(prepared, probabilities[0], attention[0], overlay=False)
+                probabilities, attention, scores = self.predictor.infer_scored(
+                    np.stack([prepared.model_input])
+                )
+            # The out-of-distribution guard: NotAChestRadiographError (a DecodeError) refuses it.
+            verdict = self.predictor.screen(prepared, None if scores is None else scores[0])
+            result = self.predictor.result(
+                prepared, probabilities[0], attention[0], overlay=False, ood=verdict
+            )
             parts = self.predictor.dicom_outputs(prepared, attention[0], result, source)
-        except DecodeError as error:  # DicomOutputError: highdicom cannot build from this header
+        except DecodeError as error:  # DicomOutputError (highdicom cannot build from this header), or
+            # NotAChestRadiographError
             LOGGER.warning("%s refused (0x%04X): %s: %s", name, CANNOT_UNDERSTAND, error.code, error.detail)
             self.stats.refused += 1
             return CANNOT_UNDERSTAND

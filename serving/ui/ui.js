@@ -42,6 +42,13 @@ function showError(status, body) {
   const detail = document.createElement("span");
   detail.className = "detail";
   detail.textContent = body && body.detail ? body.detail : "the server gave no explanation";
+  box.dataset.code = body && body.error ? body.error : "";
+  if (body && body.error === "not_a_chest_radiograph") { // the out-of-distribution guard refused it
+    const heading = document.createElement("strong");
+    heading.className = "refusal";
+    heading.textContent = "Not analysed: this does not look like a chest radiograph the model was trained on.";
+    box.append(heading, document.createElement("br"));
+  }
   box.append(code, ": ", detail, ` (HTTP ${status})`);
   box.hidden = false;
   document.body.dataset.state = "error";
@@ -90,7 +97,7 @@ function render(result) {
   $("view-size").textContent = viewSize(result.attention.shape);
   drawHeatmap(result.attention);
   renderFindings(result);
-  renderFacts(result.input, result.warnings);
+  renderFacts(result.input, result.warnings, result.ood);
   $("dicom-output").hidden = result.input.format !== "dicom";
   $("result").hidden = false;
   $("status").textContent = "Done.";
@@ -192,12 +199,21 @@ function findingRow(label, probability, threshold, status, gateReason) {
   return row;
 }
 
-function renderFacts(input, warnings) {
+function oodFact(ood) {
+  if (!ood) return null;
+  if (ood.status === "no_guard") return "no out-of-distribution guard in this model";
+  if (ood.score === null || ood.score === undefined) return null;
+  const verdict = ood.status === "flagged" ? "over: flagged, served because CXR_MSN_OOD=warn" : "within";
+  return `${ood.score.toFixed(2)} (threshold ${ood.threshold.toFixed(2)}: ${verdict})`;
+}
+
+function renderFacts(input, warnings, ood) {
   const facts = [
     ["format", input.format],
     ["size", `${input.width} × ${input.height}, ${input.bits_stored}-bit ${input.photometric}`],
     ["modality", input.modality],
     ["view", input.view_position],
+    ["OOD score", oodFact(ood)],
   ].filter(([, value]) => value);
   $("input-facts").replaceChildren(...facts.flatMap(([term, value]) => {
     const dt = document.createElement("dt");

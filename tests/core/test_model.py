@@ -88,3 +88,26 @@ def test_embed_is_the_pre_logits_cls_embedding(tiny: CXRClassifier) -> None:
         tokens, _ = tiny.forward_features(images)
         torch.testing.assert_close(tiny.embed(images), tiny.forward_head(tokens, pre_logits=True))
         torch.testing.assert_close(torch.sigmoid(tiny.forward_head(tokens)), tiny(images)[0])
+
+
+def test_the_guarded_classifier_adds_the_mahalanobis_score_and_changes_nothing_else() -> None:
+    import numpy as np
+
+    from cxrmsn.model import GuardedClassifier
+    from cxrmsn.ood import mahalanobis
+
+    torch.manual_seed(0)
+    model = CXRClassifier("vit_nano_patch16_224").eval()
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=64)
+    root = rng.normal(size=(64, 64)) / 8
+    precision = root @ root.T + np.eye(64)
+    guarded = GuardedClassifier(model, mean, np.linalg.cholesky(precision)).eval()
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        probabilities, attention = model(images)
+        guarded_probabilities, guarded_attention, score = guarded(images)
+        embeddings = model.embed(images).numpy()
+    assert torch.equal(probabilities, guarded_probabilities) and torch.equal(attention, guarded_attention)
+    assert score.shape == (3,)
+    np.testing.assert_allclose(score.numpy(), mahalanobis(embeddings, mean, precision), rtol=1e-4)

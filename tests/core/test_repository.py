@@ -14,6 +14,7 @@ from cxrmsn.labels import LABELS
 from cxrmsn.preprocess import DEFAULT_PREPROCESS
 from cxrmsn.repository import (
     ModelFile,
+    OodGuard,
     RepositoryError,
     RepositoryManifest,
     ValidityGate,
@@ -123,4 +124,33 @@ def test_a_malformed_validity_gate_is_refused(tmp_path: Path, gate: dict[str, An
     values = json.loads((tmp_path / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps({**values, "validity_gate": gate}))
     with pytest.raises(RepositoryError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_the_ood_guard_round_trips_and_must_name_a_graph_output(tmp_path: Path) -> None:
+    manifest = make_repository(tmp_path)
+    assert manifest.ood_guard is None  # exported without one: serving warns, refuses by header only
+    manifest.io = {"outputs": [{"name": "probabilities"}, {"name": "attention"}, {"name": "ood_score"}]}
+    manifest.ood_guard = OodGuard(
+        output="ood_score",
+        score="mahalanobis_cls_embedding",
+        threshold=13.9,
+        threshold_rule="the 99.5th percentile of held-out scores",
+        fitted_on={"images": 768},
+        threshold_on={"valid": {"images": 149, "max": 13.2}},
+        modalities=["CR", "DX", "DR"],
+        view_positions=["AP", "PA"],
+    )
+    write_manifest(tmp_path, manifest)
+    loaded = read_manifest(tmp_path)
+    assert loaded == manifest and isinstance(loaded.ood_guard, OodGuard)
+    values = json.loads((tmp_path / "manifest.json").read_text())
+    values["io"]["outputs"] = values["io"]["outputs"][:2]  # a graph without the score
+    (tmp_path / "manifest.json").write_text(json.dumps(values))
+    with pytest.raises(RepositoryError, match="ood_guard reads the output 'ood_score'"):
+        read_manifest(tmp_path)
+    values["io"]["outputs"].append({"name": "ood_score"})
+    values["ood_guard"]["threshold"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(values))
+    with pytest.raises(RepositoryError, match="finite number"):
         read_manifest(tmp_path)

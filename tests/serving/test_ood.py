@@ -1,8 +1,8 @@
 """The out-of-distribution measurement's pieces (``recipes.ood_measure``, issue 20 items 1-2).
 
-The guard itself is not wired into serving yet (it needs an embedding output from the graph);
-these keep the measurement that chose its score honest: every generated set decodes through
-serving's own path, and the scores separate what they should.
+These keep the measurement that chose the guard's score honest: every generated set decodes
+through serving's own path, and the scores separate what they should. The shipped guard is
+tested in tests/export/test_ood_guard.py and tests/serving/test_ood_guard.py.
 """
 
 from __future__ import annotations
