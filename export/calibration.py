@@ -24,6 +24,12 @@ def fold_temperatures(model: Any, metadata: Any) -> dict[str, Any]:
     calibration = dict(getattr(metadata, "calibration", {}) or {})
     if not calibration:
         return {}
+    if calibration.get("method") == "none":  # chosen at linear-eval (head.calibration)
+        return {
+            "method": "none",
+            "fitted_on": calibration.get("fitted_on"),
+            "note": "not calibrated by choice: probabilities are the head's sigmoid outputs",
+        }
     if calibration.get("method") != "temperature":
         raise ExportError(f"unknown calibration method {calibration.get('method')!r} in the checkpoint")
     temperatures = calibration.get("temperatures", {})

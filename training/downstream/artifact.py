@@ -29,6 +29,7 @@ from training.downstream.calibration import (
     calibration_report,
     fit_temperatures,
     logits_from_probabilities,
+    no_temperatures,
 )
 from training.downstream.config import DownstreamConfig, config_to_dict
 from training.downstream.labels import LabelMatrix, estimable
@@ -135,8 +136,11 @@ class RunOutputs:
     encoder: dict[str, Any]  # path, sha256, architecture, pretraining summary
 
 
-def calibrate(outputs: RunOutputs) -> tuple[dict[str, Predictions], Temperatures, dict[str, Any]]:
-    """Per-label temperatures fitted on validation (``training.downstream.calibration``).
+def calibrate(
+    outputs: RunOutputs, method: str = "temperature"
+) -> tuple[dict[str, Predictions], Temperatures, dict[str, Any]]:
+    """Per-label temperatures fitted on validation (``training.downstream.calibration``), or
+    T = 1 for every label when ``method`` is "none".
 
     Returns the predictions on the calibrated scale (their ``logits`` stay uncalibrated), the
     temperatures and metrics.json's ``calibration`` block (ECE before and after on valid and test).
@@ -150,7 +154,11 @@ def calibrate(outputs: RunOutputs) -> tuple[dict[str, Predictions], Temperatures
         for split, p in outputs.predictions.items()
     }
     valid = outputs.predictions["valid"]
-    temperatures = fit_temperatures(logits["valid"], valid.labels, outputs.trained, fitted_on="valid")
+    temperatures = (
+        fit_temperatures(logits["valid"], valid.labels, outputs.trained, fitted_on="valid")
+        if method == "temperature"
+        else no_temperatures("valid")
+    )
     calibrated = {
         split: replace(
             p, probabilities=temperatures.apply(logits[split]), logits=logits[split].astype(np.float32)
@@ -177,13 +185,14 @@ def calibrated_state(model: CXRClassifier, temperatures: Temperatures) -> dict[s
 def finish(out: Path, config: DownstreamConfig, outputs: RunOutputs, *, started: float) -> RunMetrics:
     """Calibration, thresholds, metrics with CIs, predictions, metrics.json and classifier.safetensors.
 
-    Temperatures are fitted on validation first; thresholds, metrics and the stored predictions
-    are on the calibrated scale, and the checkpoint's head has 1/T folded in (its metadata's
-    ``calibration`` names the temperatures, ``applied_to_head: true``), so the checkpoint, the
-    exported models and the reported predictions agree.
+    Temperatures are fitted on validation first (all 1 with ``head.calibration`` none);
+    thresholds, metrics and the stored predictions are on the calibrated scale, and the
+    checkpoint's head has 1/T folded in (its metadata's ``calibration`` names the temperatures,
+    ``applied_to_head: true``), so the checkpoint, the exported models and the reported
+    predictions agree.
     """
     settings = config.metrics.bootstrap()
-    preds, temperatures, calibration = calibrate(outputs)
+    preds, temperatures, calibration = calibrate(outputs, config.head.calibration_method())
     thresholds = choose_thresholds(
         outputs.trained,
         (preds["valid"].probabilities, preds["valid"].labels),

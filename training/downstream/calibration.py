@@ -73,6 +73,7 @@ class Temperatures:
     values: dict[str, float]
     fitted_on: str
     reasons: dict[str, str]  # label -> why it kept T = 1
+    method: str = METHOD  # "none": every T is 1 by choice (head.calibration)
 
     def vector(self) -> np.ndarray:
         return np.asarray([self.values.get(label, 1.0) for label in LABELS], dtype=np.float64)
@@ -84,7 +85,7 @@ class Temperatures:
     def to_metadata(self) -> dict[str, Any]:
         """What the classifier checkpoint stores (``CheckpointMetadata.calibration``)."""
         return {
-            "method": METHOD,
+            "method": self.method,
             "temperatures": {label: round(self.values.get(label, 1.0), 6) for label in LABELS},
             "fitted_on": self.fitted_on,
             "applied_to_head": False,  # export folds 1/T into the head
@@ -109,6 +110,12 @@ def fit_temperatures(
         keep = labels.mask[:, j]
         values[label] = fit_temperature(logits[keep, j], labels.targets[keep, j] == 1)
     return Temperatures(values, fitted_on, reasons)
+
+
+def no_temperatures(fitted_on: str = "valid") -> Temperatures:
+    """T = 1 for every label: the head's own probabilities (``head.calibration`` none)."""
+    reason = "head.calibration: none"
+    return Temperatures({label: 1.0 for label in LABELS}, fitted_on, dict.fromkeys(LABELS, reason), "none")
 
 
 def expected_calibration_error(
@@ -198,10 +205,15 @@ def calibration_report(
             "after": ece_block(after, labels, trained),
             "auroc_max_change": auroc_change(before, after, labels, trained),
         }
+    objective = (
+        "per-label validation negative log-likelihood, 1-D bounded search on log T"
+        if temperatures.method == METHOD
+        else "none: the head's own sigmoid probabilities (ECE after = before)"
+    )
     return {
-        "method": METHOD,
+        "method": temperatures.method,
         "fitted_on": temperatures.fitted_on,
-        "objective": "per-label validation negative log-likelihood, 1-D bounded search on log T",
+        "objective": objective,
         "temperatures": {label: round(value, 6) for label, value in temperatures.values.items()},
         "unfitted": dict(temperatures.reasons),
         "ece_bins": ECE_BINS,

@@ -22,6 +22,7 @@ SOURCES = ("manifest", "shared", "encoder")
 HEAD_FEATURES = ("raw", "standardized")
 EVAL_VIEWS = ("paper", "pretraining")
 HEAD_SOLVERS = ("adam", "logistic")
+HEAD_CALIBRATIONS = ("auto", "none", "temperature")
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,20 @@ class HeadConfig:
     # validation macro AUROC (CLIP's linear probe)
     solver: str = "adam"
     logistic_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    # temperature: per-label temperature scaling fitted on validation; none: the head's own
+    # sigmoid; auto: temperature for the Adam head, none for the logistic head, which is fitted by
+    # likelihood already and got worse test ECE on all 7 runs measured (docs/results/calibration)
+    calibration: str = "auto"
+
+    def calibration_method(self) -> str:
+        """The method ``calibration`` means for this head: "temperature" or "none"."""
+        if self.calibration != "auto":
+            return self.calibration
+        return "none" if self.solver == "logistic" else "temperature"
 
     def __post_init__(self) -> None:
+        if self.calibration not in HEAD_CALIBRATIONS:
+            raise ValueError(f"head.calibration must be one of {HEAD_CALIBRATIONS}, got {self.calibration!r}")
         if self.features not in HEAD_FEATURES:
             raise ValueError(f"head.features must be one of {HEAD_FEATURES}, got {self.features!r}")
         if self.solver not in HEAD_SOLVERS or not self.logistic_cs or min(self.logistic_cs) <= 0:

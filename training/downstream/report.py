@@ -246,10 +246,12 @@ def _calibration_table(metrics: RunMetrics) -> list[Table]:
         "ECE test after",
         "Note",
     )
-    title = (
-        f"Calibration: per-label temperature scaling fitted on {block['fitted_on']} "
-        f"(ECE, {block['ece_bins']} bins; AUROC unchanged)"
+    method = (
+        "none (head.calibration), the head's own probabilities"
+        if block.get("method") == "none"
+        else f"per-label temperature scaling fitted on {block['fitted_on']}"
     )
+    title = f"Calibration: {method} (ECE, {block['ece_bins']} bins; AUROC unchanged)"
     return [Table(title, header, "lrrrrrl", rows, frozenset({len(LABELS)}), frozenset(muted))]
 
 

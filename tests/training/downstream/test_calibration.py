@@ -154,3 +154,52 @@ def test_a_linear_eval_run_is_calibrated_end_to_end(
     assert "ECE test after" in markdown and "reliability.png" in markdown
     assert (tmp_path / "report" / "reliability.png").stat().st_size > 1000
     assert "reliability" in files.html.read_text()
+
+
+@pytest.mark.parametrize(
+    ("solver", "setting", "method"),
+    [
+        ("adam", "auto", "temperature"),
+        ("logistic", "auto", "none"),
+        ("logistic", "temperature", "temperature"),
+        ("adam", "none", "none"),
+    ],
+)
+def test_head_calibration_auto_follows_the_solver(solver: str, setting: str, method: str) -> None:
+    from training.downstream.config import HeadConfig
+
+    assert HeadConfig(solver=solver, calibration=setting).calibration_method() == method
+
+
+def test_an_unknown_calibration_setting_is_refused() -> None:
+    from training.downstream.config import HeadConfig
+
+    with pytest.raises(ValueError, match=r"head\.calibration"):
+        HeadConfig(calibration="isotonic")
+
+
+@pytest.mark.slow
+def test_a_run_with_calibration_none_keeps_the_heads_probabilities(
+    manifest: Path, encoder_file: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    config = small_config(manifest, tmp_path / "cache")
+    config = replace(config, head=replace(config.head, calibration="none"))
+    run = tmp_path / "run"
+    metrics = linear_eval(encoder_file, config, run)
+    block = metrics["calibration"]
+    assert block["method"] == "none" and set(block["temperatures"].values()) == {1.0}
+    for split in ("valid", "test"):
+        assert block["ece"][split]["before"] == block["ece"][split]["after"]
+    metadata = read_metadata(run / "classifier.safetensors")
+    assert metadata.calibration["method"] == "none"
+    valid = load_predictions(run, "valid")
+    assert valid.logits is not None
+    np.testing.assert_allclose(valid.probabilities, sigmoid(valid.logits), atol=1e-6)
+    from export.calibration import fold_temperatures
+
+    model, metadata = load_classifier(run / "classifier.safetensors")
+    before = model.state_dict()["head.weight"].clone()
+    assert fold_temperatures(model, metadata)["method"] == "none"
+    assert torch.equal(model.state_dict()["head.weight"], before)
