@@ -21,7 +21,7 @@ the encoder of the last pretraining epoch (``pretrain_weights="last"``, the defa
 of the lowest training loss (``"best_loss"``, what the paper's early stopping kept).
 
 The supervised baselines (the paper's Table 3) are fine-tuned, not probed: ``supervised``
-starts from the random initialisation MSN starts from (``controls.write_random_encoder``),
+starts from the random initialisation MSN starts from (``random_encoder.write_random_encoder``),
 ``supervised-imagenet`` from ImageNet weights the user imported (``cxr-msn import-weights
 --format timm``; nothing can be downloaded here), both on 100 % of the training labels with
 the downstream config's ``finetune`` section and ``finetune_runs`` (the paper's five-run grid,
@@ -44,6 +44,7 @@ from training.configs import ARCHITECTURES, PRETRAIN_BASELINES, VARIANTS, named_
 from training.downstream.compare import compare_runs
 from training.downstream.config import DownstreamConfig
 from training.downstream.estimates import format_estimate
+from training.downstream.random_encoder import write_random_encoder
 from training.downstream.run_metrics import METRICS_FILE, RunMetrics
 from training.run_folder import code_version, write_json
 
@@ -208,8 +209,6 @@ def run_supervised(experiment: Experiment, baseline: str, folder: Path, referenc
     pretrain_dir = reference / "pretrain"
     config = experiment.finetune_config()
     if baseline == "supervised":
-        from training.downstream.controls import write_random_encoder
-
         encoder = folder / "encoder.safetensors"
         if not encoder.is_file():
             write_random_encoder(pretrain_dir, encoder, seed=experiment.seed)
