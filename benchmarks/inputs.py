@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from training.data_root import shared_data_root
+
+SHARED_DATA = shared_data_root()  # $CXR_MSN_DATA_ROOT, else ../shared/data beside the checkout
 NHSX_DICOM = "1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm"
 
 

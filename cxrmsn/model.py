@@ -110,18 +110,32 @@ class CXRClassifier(nn.Module):
         return int(grid[0]), int(grid[1])
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens after the final norm [B, N, D] and CLS attention [B, heads, N]."""
+        """Tokens after the final norm [B, N, D] and CLS attention [B, heads, N].
+
+        Through timm's public ``forward_intermediates``: the embedding and every block but
+        the last, whose input the attention side path reads; then the last block and norm.
+        """
         encoder = self.encoder
-        tokens = encoder.patch_embed(images)
-        tokens = encoder._pos_embed(tokens)
-        tokens = encoder.patch_drop(tokens)
-        tokens = encoder.norm_pre(tokens)
-        *early_blocks, last_block = encoder.blocks
-        for block in early_blocks:
-            tokens = block(tokens)
+        *_, last_block = encoder.blocks
+        tokens = self._last_block_input(images)
         attention = cls_attention_weights(last_block, tokens)
-        tokens = encoder.norm(last_block(tokens))
-        return tokens, attention
+        return encoder.norm(last_block(tokens)), attention
+
+    def _last_block_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens [B, N, D] (prefix tokens first) the last block takes: the output of the
+        block before it (every architecture has two blocks or more)."""
+        encoder = self.encoder
+        depth = len(encoder.blocks)
+        intermediates: Any = encoder.forward_intermediates(  # [(spatial tokens, prefix tokens)]
+            images,
+            indices=[depth - 2],
+            return_prefix_tokens=True,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        [(spatial, prefix)] = intermediates
+        return torch.cat([prefix, spatial], dim=1)
 
     def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         embedding = self.encoder.forward_head(tokens, pre_logits=True)

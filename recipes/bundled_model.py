@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from cxrmsn.fileio import atomic_write_text
+from training.data_root import shared_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).with_name("bundled_model.json")
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = shared_data_root()  # $CXR_MSN_DATA_ROOT, else ../shared/data beside the checkout
 REGRESSION_FILE = "regression.json"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from tests.browser import CHROMIUM_FLAGS, find_chromium
+from serving.devserver import CHROMIUM_FLAGS, find_chromium
 
 
 def main() -> None:

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from tests.browser import CHROMIUM_FLAGS, find_chromium
-from tests.serving.conftest import REPO_ROOT, start_server, stop_server
+from serving.devserver import CHROMIUM_FLAGS, SOURCE_ROOT, find_chromium, start_server, stop_server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dicom", type=Path, help="the chest X-ray to show")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images" / "ui.png")
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    parser.add_argument("--out", type=Path, default=SOURCE_ROOT / "docs" / "images" / "ui.png")
+    parser.add_argument("--repository", type=Path, default=SOURCE_ROOT / "model_repository")
     args = parser.parse_args()
     executable = find_chromium()
     if executable is None:

@@ -92,21 +92,18 @@ class DecodeTimeoutError(DecodeError):
     """Decoding the upload took longer than the per-upload deadline (422)."""
 
     code = "decode_timeout"
-    http_status = 422
 
 
 class DecodeTooLargeError(DecodeError):
     """Decoding the upload needed more memory than a decoder may use (413)."""
 
     code = "decode_too_large"
-    http_status = 413
 
 
 class DecodeUnavailableError(DecodeError):
     """No decode worker could be started (503); the upload was not looked at."""
 
     code = "decode_unavailable"
-    http_status = 503
 
 
 class _Slot:

@@ -32,6 +32,7 @@ import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from cxrmsn.errors import ApiError
 from serving import metrics
 
 Scope = dict[str, Any]
@@ -101,43 +102,30 @@ class UploadSettings:
         rate_deadline = max(self.grace_seconds, received / self.min_bytes_per_second)
         return min(self.receive_seconds, rate_deadline) - elapsed
 
-    def too_slow(self, received: int, elapsed: float) -> RequestError:
-        return RequestError(
-            408,
-            "upload_too_slow",
-            f"{received:,} bytes of the upload arrived in {elapsed:.0f} s; a body must arrive within "
+    def too_slow(self, received: int, elapsed: float) -> ApiError:
+        return ApiError(
+            code="upload_too_slow",
+            detail=f"{received:,} bytes of the upload arrived in {elapsed:.0f} s; a body must arrive within "
             f"{self.receive_seconds:g} s, at {self.min_bytes_per_second:,.0f} bytes/s or more after "
             f"the first {self.grace_seconds:g} s",
         )
 
 
-class RequestError(Exception):
-    """A request the service refuses; never carries a submitted value."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
 async def send_error(
     send: Send,
-    status: int,
-    code: str,
-    detail: str,
+    error: ApiError,
     *,
     closing: bool = False,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """The project's error body; counted in cxr_msn_errors_total by its code."""
-    metrics.count_error(code)
-    body = json.dumps({"error": code, "detail": detail}).encode()
+    metrics.count_error(error.code)
+    body = json.dumps(error.to_dict()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += extra_headers
     if closing:  # the body may be partly unread
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -179,7 +167,7 @@ class SpooledBody:
 
 
 async def receive_body(receive: Receive, settings: UploadSettings, max_bytes: int) -> SpooledBody:
-    """The whole body, spooled. RequestError: 413 past ``max_bytes``, 408 when it is too slow,
+    """The whole body, spooled. ApiError: 413 past ``max_bytes``, 408 when it is too slow,
     400 ``client_disconnected`` when the client leaves first."""
     body = SpooledBody()
     started = time.monotonic()
@@ -191,11 +179,13 @@ async def receive_body(receive: Receive, settings: UploadSettings, max_bytes: in
                 raise settings.too_slow(body.size, time.monotonic() - started)
             if message["type"] != "http.request":  # answered all the same: BentoML's timeout
                 # middleware outside waits for a response until its 120 s are over
-                raise RequestError(400, "client_disconnected", "the client left before the body was complete")
+                raise ApiError(
+                    code="client_disconnected", detail="the client left before the body was complete"
+                )
             body.write(message.get("body", b""))
             if body.size > max_bytes:
-                raise RequestError(
-                    413, "upload_too_large", f"the upload is over the limit of {max_bytes:,} bytes"
+                raise ApiError(
+                    code="upload_too_large", detail=f"the upload is over the limit of {max_bytes:,} bytes"
                 )
             if not message.get("more_body", False):
                 return body
@@ -233,8 +223,8 @@ class UploadLimitMiddleware:
             return
         try:
             body = await self._receive(scope, receive)
-        except RequestError as error:
-            await send_error(send, error.status, error.code, error.detail, closing=True)
+        except ApiError as error:
+            await send_error(send, error, closing=True)
             return
         try:
             await self.app({**scope, BODY_SCOPE_KEY: body}, body.replay(receive), send)
@@ -245,7 +235,7 @@ class UploadLimitMiddleware:
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
             detail = f"the upload has {length:,} bytes; the limit is {self.max_bytes:,}"
-            raise RequestError(413, "upload_too_large", detail)
+            raise ApiError(code="upload_too_large", detail=detail)
         return await receive_body(receive, self.settings, self.max_bytes)
 
 
@@ -277,7 +267,7 @@ class WorkLimitMiddleware:
         if self.active >= self.max_concurrency:
             detail = f"the server is working on {self.active} requests, its limit; retry shortly"
             retry_after = (b"retry-after", str(RETRY_AFTER_SECONDS).encode())
-            await send_error(send, 429, "overloaded", detail, extra_headers=[retry_after])
+            await send_error(send, ApiError(detail, code="overloaded"), extra_headers=[retry_after])
             return
         self.active += 1
         try:
@@ -339,16 +329,16 @@ class RequestShapeMiddleware:
         body: SpooledBody | None = scope.get(BODY_SCOPE_KEY)
         try:
             if scope.get("method") != "POST":
-                raise RequestError(405, "method_not_allowed", f"{scope['path']} takes POST only")
+                raise ApiError(code="method_not_allowed", detail=f"{scope['path']} takes POST only")
             boundary = _multipart_boundary(scope)
             if body is None:
                 unbounded = UploadLimitMiddleware(self, 2**63, UploadSettings(receive_seconds=100))
                 await unbounded(scope, receive, send)
                 return
             await anyio.to_thread.run_sync(_check_form, body, boundary, shape)
-        except RequestError as error:
-            extra = [(b"allow", b"POST")] if error.status == 405 else []
-            await send_error(send, error.status, error.code, error.detail, closing=True, extra_headers=extra)
+        except ApiError as error:
+            extra = [(b"allow", b"POST")] if error.code == "method_not_allowed" else []
+            await send_error(send, error, closing=True, extra_headers=extra)
             return
         await self.app(scope, body.replay(receive), _error_shape_guard(send))
 
@@ -357,17 +347,16 @@ def _multipart_boundary(scope: Scope) -> bytes:
     value = next((v for name, v in scope.get("headers", []) if name.lower() == b"content-type"), b"")
     media_type, options = parse_options_header(value)
     if media_type != b"multipart/form-data":
-        raise RequestError(
-            415,
-            "unsupported_media_type",
-            "the body must be multipart/form-data with the file as an uploaded part",
+        raise ApiError(
+            code="unsupported_media_type",
+            detail="the body must be multipart/form-data with the file as an uploaded part",
         )
     boundary = options.get(b"boundary", b"")
     if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS:
-        raise RequestError(
-            400,
-            "invalid_request",
-            f"the multipart boundary must have 1 to {MAX_BOUNDARY_CHARS} characters, got {len(boundary):,}",
+        raise ApiError(
+            code="invalid_request",
+            detail=f"the multipart boundary must have 1 to {MAX_BOUNDARY_CHARS} characters, "
+            f"got {len(boundary):,}",
         )
     return boundary
 
@@ -434,10 +423,10 @@ class _FormChecker:
             _check_filename(filename)
             if count > shape.max_files:
                 if shape.max_files > 1:
-                    raise RequestError(
-                        413,
-                        "too_many_files",
-                        f"more than {shape.max_files} files sent; at most {shape.max_files} per request",
+                    raise ApiError(
+                        code="too_many_files",
+                        detail=f"more than {shape.max_files} files sent; "
+                        f"at most {shape.max_files} per request",
                     )
                 raise _invalid(f"{name} may be sent once")
             return
@@ -478,7 +467,7 @@ def _check_filename(filename: bytes) -> None:
 
 
 def _check_form(body: SpooledBody, boundary: bytes, shape: FormShape) -> None:
-    """Parse the spooled body part by part; RequestError at the first part the route does not take."""
+    """Parse the spooled body part by part; ApiError at the first part the route does not take."""
     checker = _FormChecker(shape)
     parser = MultipartParser(boundary, checker.callbacks())  # type: ignore[arg-type]
     for chunk in body.chunks():
@@ -491,8 +480,8 @@ def _check_form(body: SpooledBody, boundary: bytes, shape: FormShape) -> None:
     checker.finish()
 
 
-def _invalid(detail: str) -> RequestError:
-    return RequestError(400, "invalid_request", detail)
+def _invalid(detail: str) -> ApiError:
+    return ApiError(code="invalid_request", detail=detail)
 
 
 def _error_shape_guard(send: Send) -> Send:
@@ -517,10 +506,10 @@ def _error_shape_guard(send: Send) -> Send:
             await send(held)
             await send({"type": "http.response.body", "body": body})
         elif held["status"] >= 500:
-            await send_error(send, 500, "internal_error", "the server failed; see server logs")
+            await send_error(send, ApiError("the server failed; see server logs", code="internal_error"))
         else:
             detail = "the request does not match the API: see /docs.json for its fields and types"
-            await send_error(send, 400, "invalid_request", detail)
+            await send_error(send, ApiError(detail, code="invalid_request"))
 
     return guarded
 
@@ -567,6 +556,8 @@ def withhold_framework_error_details() -> None:
 # BentoML's page at / loads Google Tag Manager; the mounted FastAPI app's /docs (Swagger UI)
 # and /redoc (ReDoc) load their scripts and fonts from CDNs. All three answer this page.
 DOCS_PATHS = frozenset({"/", "/docs", "/redoc"})
+OPENAPI_PATH = "/docs.json"
+OPENAPI_HEADERS = [(b"content-type", b"application/json")]
 DOCS_STYLE = (
     "body{font:15px/1.5 system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;color:#1b1b1b}"
     "code,pre{font-family:ui-monospace,monospace}pre{background:#f4f4f4;padding:.6rem;overflow-x:auto}"
@@ -621,26 +612,32 @@ server answers 429 <code>overloaded</code> with <code>Retry-After</code>. In the
 
 class DocsPageMiddleware:
     """GET (or HEAD) ``/``, ``/docs`` and ``/redoc``: a page describing the API from its
-    OpenAPI document, with no script and nothing loaded from another site."""
+    OpenAPI document, with no script and nothing loaded from another site; ``/docs.json``:
+    that document, as ``openapi`` returns it (the service adds its error responses)."""
 
     def __init__(self, app: App, openapi: Callable[[], dict[str, Any]]) -> None:
         self.app = app
         self.openapi = openapi
-        self.page: bytes | None = None  # rendered on the first request
+        self.spec: bytes | None = None  # both made on the first request
+        self.page: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
         if (
             scope["type"] != "http"
-            or scope.get("path") not in DOCS_PATHS
+            or (path not in DOCS_PATHS and path != OPENAPI_PATH)
             or scope.get("method") not in ("GET", "HEAD")
         ):
             await self.app(scope, receive, send)
             return
-        if self.page is None:
-            self.page = render_docs_page(self.openapi()).encode()
-        headers = [*DOCS_HEADERS, (b"content-length", str(len(self.page)).encode())]
+        if self.spec is None or self.page is None:
+            spec = self.openapi()
+            self.spec = json.dumps(spec).encode()
+            self.page = render_docs_page(spec).encode()
+        body, kind = (self.spec, OPENAPI_HEADERS) if path == OPENAPI_PATH else (self.page, DOCS_HEADERS)
+        headers = [*kind, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.page})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 def render_docs_page(openapi: dict[str, Any]) -> str:

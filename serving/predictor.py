@@ -504,15 +504,3 @@ def load_predictor(
     elif fallback.lower() == "none":
         fallback = None
     return Predictor(ServingConfig(**values), self_check=self_check, fallback=fallback)
-
-
-def startup_self_check(config: ServingConfig, fallback: str | None) -> str:
-    """Load ``config``'s variant as the service will; one line on what its self-check found.
-
-    Raises ``VariantRefusedError`` (refused) or ``RepositoryError`` (damaged repository).
-    """
-    predictor = Predictor(config, fallback=fallback)
-    check = predictor.self_check
-    if predictor.fallback_reason:
-        return f"{predictor.fallback_reason}; {check.variant} {check.status}: {check.detail}"
-    return f"self-check of {check.variant} {check.status}: {check.detail}"

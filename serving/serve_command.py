@@ -1,9 +1,10 @@
 """Check the model repository, then run the BentoML service (``bentoml serve``).
 
-The check reads manifest.json, verifies the served file's size and sha256 and opens it
-with ONNX Runtime; then the self-check runs the repository's regression inputs through the
-variant and compares them with the stored fp32 probabilities (``serving.predictor``). Any
-problem is one clear message and exit status 2, before a server starts; a variant that
+The check (``serving.preflight.startup_check``) loads the model once as the service will:
+manifest.json, the served file's size and sha256, an ONNX Runtime session, then the
+self-check, which runs the repository's regression inputs through the variant and compares
+them with the stored fp32 probabilities (``serving.predictor``). Any problem is one clear
+message and exit status 2, before a server starts; a variant that
 fails its self-check is served as ``--variant-fallback`` instead, if given. Options
 override the environment variables documented in the README.
 
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.preflight import preflight
+from serving.preflight import CHECKED_ENV, startup_check
 
 HELP = "verify the model repository and serve it over HTTP with BentoML"
 SERVICE = "serving.service:CXRService"
@@ -94,19 +95,17 @@ def run(args: argparse.Namespace) -> int:
         env["CXR_MSN_VARIANT_FALLBACK"] = args.variant_fallback
     if args.ood:
         env["CXR_MSN_OOD"] = args.ood
-    problem = _upload_settings_problem() or preflight(args.repository, args.variant, args.backend)
+    problem, outcome = _upload_settings_problem(), ""
+    if not problem:
+        problem, outcome = _startup_check(args)
     if problem:
         print(f"cxr-msn serve: {problem}", file=sys.stderr)
         return 2
-    if args.backend == "onnxruntime":  # the service checks again at import; Triton's CPU is not ours
-        problem, outcome = _self_check(args)
-        if problem:
-            print(f"cxr-msn serve: {problem}", file=sys.stderr)
-            return 2
-        print(f"cxr-msn serve: {outcome}", file=sys.stderr)
+    print(f"cxr-msn serve: {outcome}", file=sys.stderr)
     print(f"cxr-msn serve: {args.repository} verified; {_guard_line(args)}", file=sys.stderr)
     if args.check_only:
         return 0
+    env[CHECKED_ENV] = "1"  # the service's on-deployment hook need not check again
     command = [sys.executable, "-m", "serving.serve_command", SERVICE, "--host", args.host]
     os.execvpe(command[0], [*command, "--port", str(args.port)], env)
 
@@ -124,7 +123,7 @@ def _guard_line(args: argparse.Namespace) -> str:
 
 def _upload_settings_problem() -> str | None:
     """Why the CXR_MSN_UPLOAD_* / CXR_MSN_MAX_CONCURRENCY settings are refused, or None
-    (the service reads them again at import, like the repository check)."""
+    (the service reads them again at import)."""
     from serving.middleware import UploadSettings
 
     try:
@@ -146,10 +145,9 @@ def serve_with_own_metrics_directory(bentoml_serve_args: list[str]) -> None:
         cli.main(["serve", *bentoml_serve_args], prog_name="bentoml")  # exits with SystemExit
 
 
-def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
-    """(one line why the variant is refused, or None; what the self-check found)."""
+def _startup_check(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(one line why the repository is refused, or None; what the check found)."""
     from serving.config import ServingConfig
-    from serving.predictor import startup_self_check
 
     fallback = args.variant_fallback if (args.variant_fallback or "none").lower() != "none" else None
     try:
@@ -157,11 +155,11 @@ def _self_check(args: argparse.Namespace) -> tuple[str | None, str]:
             ServingConfig.from_env(),
             model_repository=args.repository,
             variant=args.variant,
-            backend="onnxruntime",
+            backend=args.backend,
             ood_mode=args.ood or "refuse",
         )
-        return None, startup_self_check(config, fallback)
-    except ValueError as error:  # RepositoryError, VariantRefusedError, a malformed environment variable
+        return None, startup_check(config, fallback)
+    except ValueError as error:  # StartupRefusedError, a malformed environment variable
         return str(error), ""
 
 

@@ -1,8 +1,10 @@
 """The BentoML service: DICOM, PNG or JPEG in; 14 probabilities and an attention map out.
 
 Configuration comes from the environment (see ``serving.config`` and the README):
-``MODEL_REPOSITORY`` names the model repository to serve. The model file is checked
-against the manifest's sha256 when the worker starts; a mismatch stops the worker.
+``MODEL_REPOSITORY`` names the model repository to serve. Importing this module
+does no work on the model: the repository is checked once before any worker starts (by
+``cxr-msn serve``, or by ``check_repository`` below under a plain ``bentoml serve``), and
+the worker loads the model once (``Predictor``, which checks its size and sha256 again).
 Not for clinical use unless validated.
 """
 
@@ -20,11 +22,11 @@ import bentoml
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from cxrmsn.errors import DecodeError, NotAChestRadiographError
+from cxrmsn.errors import ApiError
 from cxrmsn.ood import Verdict
-from serving import dicom_output
+from serving.api_errors import error_response, with_error_responses
 from serving.batching import MicroBatcher
 from serving.config import ServingConfig
 from serving.metrics import ServiceMetrics
@@ -39,24 +41,13 @@ from serving.middleware import (
     WorkLimitMiddleware,
     withhold_framework_error_details,
 )
-from serving.predictor import Predictor, PreparedImage, startup_self_check, variant_fallback_from_env
-from serving.preflight import preflight
+from serving.predictor import Predictor, PreparedImage, variant_fallback_from_env
+from serving.preflight import CHECKED_ENV, StartupRefusedError, startup_check
 from serving.schemas import BatchItem, BatchResponse, ErrorResponse, ModelCard, PredictResponse
 
 LOGGER = logging.getLogger("cxr_msn.serving")
 CONFIG = ServingConfig.from_env()
-# Checked when `bentoml serve` (or `bentoml build`) imports this module, so a missing or
-# tampered model stops the server with one message instead of a worker restart loop.
-_PROBLEM = preflight(CONFIG.model_repository, CONFIG.variant, CONFIG.backend)
-if _PROBLEM:
-    raise SystemExit(f"cxr-msn: {_PROBLEM}")
-# The self-check (serving.predictor): the variant must reproduce the stored fp32 probabilities
-# on this CPU, or be replaced by CXR_MSN_VARIANT_FALLBACK; refused here with one line too.
 VARIANT_FALLBACK = variant_fallback_from_env()
-try:
-    LOGGER.info("%s", startup_self_check(CONFIG, VARIANT_FALLBACK))
-except ValueError as _error:  # RepositoryError and VariantRefusedError
-    raise SystemExit(f"cxr-msn: {_error}") from None
 
 model_api = FastAPI(title="cxr-msn model information", version="1")
 # The /ui page's three files, read once: (content, media type) by name.
@@ -79,10 +70,6 @@ DICOM_FILE_NAMES = {"sr": "cxr-msn-report-sr.dcm", "sc": "cxr-msn-heatmap-sc.dcm
 ModelOutcome = tuple[PreparedImage, Any, Any, Any, Verdict]
 
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
 @bentoml.service(
     name="cxr_msn",
     workers=1,
@@ -93,6 +80,18 @@ def error_response(status: int, code: str, detail: str) -> JSONResponse:
 @bentoml.asgi_app(model_api)
 class CXRService:
     """Chest X-ray classification with a multimodal-MSN ViT (research use only)."""
+
+    @bentoml.on_deployment  # a staticmethod, run in bentoml serve's own process
+    def check_repository() -> None:
+        """Before any worker starts (``bentoml serve``'s own process): a missing or tampered
+        model, or a variant that fails its self-check, stops the server with one line instead
+        of a worker restart loop. ``cxr-msn serve`` has made this check already."""
+        if os.environ.get(CHECKED_ENV) == "1":
+            return
+        try:
+            LOGGER.info("%s", startup_check(CONFIG, VARIANT_FALLBACK))
+        except StartupRefusedError as error:
+            raise SystemExit(f"cxr-msn: {error}") from None
 
     def __init__(self) -> None:
         self.predictor = Predictor(CONFIG, fallback=VARIANT_FALLBACK)
@@ -135,10 +134,10 @@ class CXRService:
         """Classify one chest X-ray. Errors: JSON {"error": CODE, "detail": MESSAGE} with 4xx; an
         image the out-of-distribution guard does not take for a chest radiograph is 422
         not_a_chest_radiograph (CXR_MSN_OOD=warn: 200 with a warning)."""
-        outcome = await self._predict_one(file, overlay, image)
-        if isinstance(outcome, ErrorResponse):
-            return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
-        return outcome
+        try:
+            return await self._predict_one(file, overlay, image)
+        except ApiError as error:
+            return self._refusal(error)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
@@ -149,16 +148,9 @@ class CXRService:
         """Classify several files; one result or one error per file, in order."""
         if len(files) > CONFIG.max_files_per_batch:
             detail = f"{len(files)} files sent; at most {CONFIG.max_files_per_batch} per request"
-            self.metrics.count_error("too_many_files")
-            return _as_api_return(error_response(413, "too_many_files", detail))
-        outcomes = await _gather([self._predict_one(path, overlay) for path in files])
-        items = []
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, ErrorResponse):
-                items.append(BatchItem(index=index, status=_STATUS[outcome.error], error=outcome))
-            else:
-                items.append(BatchItem(index=index, status=200, result=outcome))
-        return BatchResponse(results=items)
+            return self._refusal(ApiError(detail, code="too_many_files"))
+        outcomes = await _gather([self._predict_or_refuse(path, overlay) for path in files])
+        return BatchResponse(results=[_batch_item(index, outcome) for index, outcome in enumerate(outcomes)])
 
     @bentoml.api(route="/predict_dicom")
     async def predict_dicom(
@@ -173,17 +165,14 @@ class CXRService:
         (coded, with probabilities, the model's identity and references to the source study,
         series and instance) and/or a Secondary Capture of the attention heatmap. Both keep the
         source's patient and study modules so a PACS files them with the study."""
-        outcome = await self._run_model(file, read_source=True)
-        if isinstance(outcome, ErrorResponse):
-            return _as_api_return(error_response(_STATUS[outcome.error], outcome.error, outcome.detail))
         try:
+            outcome = await self._run_model(file, read_source=True)
             parts = await anyio.to_thread.run_sync(
                 lambda: self._dicom_parts(outcome, output), limiter=self.decode_slots
             )
-        except DecodeError as error:  # a header highdicom cannot turn into an SR or SC
-            self.metrics.count_error(error.code)
-            return _as_api_return(error_response(error.http_status, error.code, error.detail))
-        return _as_api_return(dicom_response(parts))
+        except ApiError as error:  # the upload's, or a header highdicom cannot make an SR or SC of
+            return self._refusal(error)
+        return passthrough(dicom_response(parts))
 
     def _dicom_parts(self, outcome: ModelOutcome, output: str) -> dict[str, bytes]:
         prepared, probabilities, attention, source, verdict = outcome
@@ -192,55 +181,44 @@ class CXRService:
         encoded = self.predictor.dicom_outputs(prepared, attention, result, source, parts)
         return {DICOM_FILE_NAMES[part]: content for part, content in encoded.items()}
 
-    async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome | ErrorResponse:
-        """Decode, preprocess, infer and screen one upload; every failure (a refusal by the
-        out-of-distribution guard included) becomes an ErrorResponse."""
+    def _refusal(self, error: ApiError) -> Any:
+        """The one way an API answers an error: counted by its code, then its JSON response."""
+        self.metrics.count_error(error.code)
+        return passthrough(error_response(error))
+
+    async def _run_model(self, path: Path, *, read_source: bool = False) -> ModelOutcome:
+        """Decode, preprocess, infer and screen one upload. ApiError: the decoder's refusal,
+        ``inference_failed``, or the out-of-distribution guard's ``not_a_chest_radiograph``."""
         from serving import decode_pool
 
-        prepared: PreparedImage
-        source: Any = None
-        try:
-            data = await anyio.to_thread.run_sync(path.read_bytes, limiter=self.decode_slots)
-            if self.decode_pool is not None:  # in a worker process: deadline and memory limit
-                pool, preprocessing = self.decode_pool, self.predictor.preprocessing
-                prepared, source = await anyio.to_thread.run_sync(
-                    lambda: decode_pool.prepare(pool, data, preprocessing, read_source=read_source),
-                    limiter=self.decode_workers,
-                )
-            else:  # CXR_MSN_DECODE_WORKERS=0: in this process, unbounded
-                prepared = await anyio.to_thread.run_sync(
-                    self.predictor.prepare, data, limiter=self.decode_slots
-                )
-                if read_source:
-                    source = await anyio.to_thread.run_sync(
-                        dicom_output.read_source, data, limiter=self.decode_slots
-                    )
-        except DecodeError as error:  # decode_timeout and decode_too_large included
-            _STATUS.setdefault(error.code, error.http_status)
-            self.metrics.count_error(error.code)
-            return ErrorResponse(error=error.code, detail=error.detail)
+        data = await anyio.to_thread.run_sync(path.read_bytes, limiter=self.decode_slots)
+        pool, preprocessing = self.decode_pool, self.predictor.preprocessing
+        # In a worker process (deadline, memory limit), or with CXR_MSN_DECODE_WORKERS=0 in this
+        # process, unbounded; each waits for a free decode worker holding no thread.
+        limiter = self.decode_workers if pool is not None else self.decode_slots
+        prepared, source = await anyio.to_thread.run_sync(
+            lambda: decode_pool.prepare(pool, data, preprocessing, read_source=read_source),
+            limiter=limiter,
+        )
         self.metrics.count_request(prepared.decoded.info.format)
         try:
             probabilities, attention, score = await self.batcher.infer(prepared.model_input)
         except Exception as error:  # a backend fault: 500, logged without input details
             LOGGER.error("inference failed: %s", type(error).__name__)
-            self.metrics.count_error("inference_failed")
-            return ErrorResponse(error="inference_failed", detail="the model backend failed; see server logs")
-        try:
-            verdict = self.predictor.screen(prepared, score)
-        except NotAChestRadiographError as error:
-            _STATUS.setdefault(error.code, error.http_status)
-            self.metrics.count_error(error.code)
-            return ErrorResponse(error=error.code, detail=error.detail)
+            detail = "the model backend failed; see server logs"
+            raise ApiError(detail, code="inference_failed") from None
+        verdict = self.predictor.screen(prepared, score)  # ApiError: not_a_chest_radiograph
         return prepared, probabilities, attention, source, verdict
 
-    async def _predict_one(
-        self, path: Path, overlay: bool, image: bool = False
-    ) -> PredictResponse | ErrorResponse:
-        outcome = await self._run_model(path)
-        if isinstance(outcome, ErrorResponse):
-            return outcome
-        prepared, probabilities, attention, _, verdict = outcome
+    async def _predict_or_refuse(self, path: Path, overlay: bool) -> PredictResponse | ApiError:
+        try:
+            return await self._predict_one(path, overlay)
+        except ApiError as error:
+            self.metrics.count_error(error.code)
+            return error
+
+    async def _predict_one(self, path: Path, overlay: bool, image: bool = False) -> PredictResponse:
+        prepared, probabilities, attention, _, verdict = await self._run_model(path)
         result = await anyio.to_thread.run_sync(
             lambda: self.predictor.result(
                 prepared, probabilities, attention, overlay=overlay, image=image, ood=verdict
@@ -248,10 +226,6 @@ class CXRService:
             limiter=self.decode_slots,
         )
         return PredictResponse.model_validate(result)
-
-
-# HTTP status per error code; decoder codes are added from the errors themselves.
-_STATUS: dict[str, int] = {"inference_failed": 500, "too_many_files": 413}
 
 
 def dicom_response(parts: dict[str, bytes]) -> Response:
@@ -270,9 +244,16 @@ def _attachment(name: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{name}"'}
 
 
-def _as_api_return(response: Response) -> Any:
-    # BentoML passes a starlette Response through unchanged: the project's error shape.
+def passthrough(response: Response) -> Any:
+    """A starlette Response an API returns, which BentoML sends as it is (an error, or DICOM):
+    typed Any so that each API keeps its declared result type for the OpenAPI document."""
     return response
+
+
+def _batch_item(index: int, outcome: PredictResponse | ApiError) -> BatchItem:
+    if isinstance(outcome, ApiError):
+        return BatchItem(index=index, status=outcome.http_status, error=ErrorResponse(**outcome.to_dict()))
+    return BatchItem(index=index, status=200, result=outcome)
 
 
 async def _gather(coroutines: list[Any]) -> list[Any]:
@@ -299,7 +280,7 @@ async def model_card() -> dict[str, Any]:
 @model_api.get("/ui/{asset}", include_in_schema=False)
 async def ui_file(asset: str = "index.html") -> Response:
     if asset not in UI_FILES:
-        return error_response(404, "not_found", f"no such page asset: {asset[:64]}")
+        return error_response(ApiError(f"no such page asset: {asset[:64]}", code="not_found"))
     content, media_type = UI_FILES[asset]
     return Response(content, media_type=media_type, headers=UI_HEADERS)
 
@@ -309,7 +290,9 @@ UPLOAD_SETTINGS = UploadSettings.from_env()
 # Middleware added first runs outermost. The docs page needs no body; every body is then
 # received whole (bounded in size and time, spooled) before a work slot is taken, and the
 # shape check reads the spooled body.
-_service.add_asgi_middleware(DocsPageMiddleware, openapi=lambda: _service.openapi_spec.asdict())
+_service.add_asgi_middleware(
+    DocsPageMiddleware, openapi=lambda: with_error_responses(_service.openapi_spec.asdict())
+)
 _service.add_asgi_middleware(
     UploadLimitMiddleware, max_bytes=CONFIG.max_upload_bytes, settings=UPLOAD_SETTINGS
 )

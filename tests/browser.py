@@ -9,35 +9,16 @@ Without one the browser tests skip with the reason, unless ``CXR_MSN_REQUIRE_BRO
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from serving.devserver import CHROMIUM_FLAGS, find_chromium
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT_DIR = Path(os.environ.get("CXR_MSN_SCREENSHOT_DIR", REPO_ROOT / "build" / "screenshots"))
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def find_chromium() -> str | None:
-    configured = os.environ.get("CXR_MSN_CHROMIUM")
-    if configured:
-        return configured
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 def unavailable(reason: str) -> None:

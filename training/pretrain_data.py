@@ -174,10 +174,9 @@ def manifest_path(config: PretrainConfig, run_dir: Path, dist_info: DistInfo) ->
     path = run_dir / "manifest.csv"
     if dist_info.is_main and not path.is_file():
         from training.data.shared import build_shared
+        from training.data_root import shared_data_root
 
-        root = Path(config.data.shared_root).expanduser()
-        if not root.is_dir():
-            raise ValueError(f"data.shared_root {root} is not a folder")
+        root = shared_data_root(config.data.shared_root or None, check=True)
         write_manifest(path, build_shared(root, seed=config.train.seed))
     barrier()
     return path

@@ -21,6 +21,8 @@ import pydicom
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cxrmsn.errors import ApiError
+from serving.api_errors import error_response
 from serving.pacs.listener import SUCCESS
 
 DESTINATION_ENV = "CXR_MSN_PACS_DESTINATION"
@@ -37,12 +39,8 @@ FAILURE_REASON = "00081197"
 PROCESSING_FAILURE = 0x0110
 
 
-class StowError(ValueError):
+class StowError(ApiError):
     """A request that is not a STOW-RS body this service takes (HTTP 4xx)."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 def dicom_parts(content_type: str, body: bytes) -> list[bytes]:
@@ -50,14 +48,14 @@ def dicom_parts(content_type: str, body: bytes) -> list[bytes]:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "multipart/related":
         raise StowError(
-            415, "unsupported_media_type", 'STOW-RS takes multipart/related; type="application/dicom"'
+            code="unsupported_media_type", detail='STOW-RS takes multipart/related; type="application/dicom"'
         )
     parameters = content_type.split(";", 1)[1] if ";" in content_type else ""
     if "application/dicom" not in parameters.lower().replace(" ", ""):
-        raise StowError(415, "unsupported_media_type", 'only type="application/dicom" parts are taken')
+        raise StowError(code="unsupported_media_type", detail='only type="application/dicom" parts are taken')
     match = _BOUNDARY.search(parameters)
     if match is None:
-        raise StowError(400, "invalid_multipart", "the Content-Type has no boundary")
+        raise StowError(code="invalid_multipart", detail="the Content-Type has no boundary")
     delimiter = b"--" + match.group(1).encode("ascii", "replace")
     chunks = (b"\r\n" + body).split(b"\r\n" + delimiter)
     parts = []
@@ -66,16 +64,16 @@ def dicom_parts(content_type: str, body: bytes) -> list[bytes]:
             break
         head, separator, content = chunk.partition(b"\r\n\r\n")
         if not separator:
-            raise StowError(400, "invalid_multipart", "a part has no header/body separator")
+            raise StowError(code="invalid_multipart", detail="a part has no header/body separator")
         headers = head.decode("latin-1").lower()
         part_type = re.search(r"content-type:\s*([^;\r\n]+)", headers)
         if part_type is not None and part_type.group(1).strip() != "application/dicom":
-            raise StowError(415, "unsupported_media_type", "every part must be application/dicom")
+            raise StowError(code="unsupported_media_type", detail="every part must be application/dicom")
         parts.append(content)
         if len(parts) > MAX_PARTS:
-            raise StowError(413, "too_many_parts", f"at most {MAX_PARTS} instances per request")
+            raise StowError(code="too_many_parts", detail=f"at most {MAX_PARTS} instances per request")
     if not parts:
-        raise StowError(400, "invalid_multipart", "the body holds no part (or no closing delimiter)")
+        raise StowError(code="invalid_multipart", detail="the body holds no part (or no closing delimiter)")
     return parts
 
 
@@ -190,12 +188,12 @@ async def stow_studies(request: Request) -> Response:
         parts = dicom_parts(request.headers.get("content-type", ""), body)
         listener = await anyio.to_thread.run_sync(lambda: gateway(service.predictor, service.decode_pool))
     except StowError as error:
-        return _error(error.status, error.code, error.detail)
+        return error_response(error)
     except ValueError as error:  # a malformed CXR_MSN_PACS_DESTINATION
-        return _error(503, "pacs_not_configured", str(error))
+        return error_response(ApiError(str(error), code="pacs_not_configured"))
     if listener is None:
         detail = f"STOW-RS needs a destination for the results: set {DESTINATION_ENV}=HOST:PORT:AET"
-        return _error(503, "pacs_not_configured", detail)
+        return error_response(ApiError(detail, code="pacs_not_configured"))
     results = []
     for data in parts:
         status = await anyio.to_thread.run_sync(listener.process, data, limiter=service.decode_slots)
@@ -208,7 +206,3 @@ async def outbox_counts() -> Response:
     import anyio
 
     return JSONResponse(await anyio.to_thread.run_sync(outbox_status))
-
-
-def _error(status: int, code: str, detail: str) -> Response:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)

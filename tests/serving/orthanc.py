@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.conftest import free_port
+from serving.devserver import free_port, stop_process_group
 
 REQUIRE_ENV = "CXR_MSN_REQUIRE_ORTHANC"
 ORTHANC_AET = "ORTHANC"
@@ -120,13 +119,8 @@ class Orthanc:
         raise RuntimeError(f"Orthanc did not answer within 30 s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_group(self.process)
         self.process = None
 
     def log(self) -> str:

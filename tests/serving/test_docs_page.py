@@ -11,6 +11,7 @@ from urllib.parse import urljoin, urlparse
 import httpx
 import pytest
 
+from cxrmsn.errors import ERROR_CODES, ApiError
 from tests.serving.conftest import RunningServer
 
 ABSOLUTE_URL = re.compile(rb"(?:https?:)?//[a-z0-9.-]+[a-z0-9](?::\d+)?", re.IGNORECASE)
@@ -100,3 +101,25 @@ def test_the_page_in_a_browser_requests_only_this_server(chromium: Any, server: 
     context.close()
     assert requests and all(url.startswith(server.url) for url in requests), requests
     assert problems == []
+
+
+def test_docs_json_declares_every_error_of_the_registry(client: httpx.Client) -> None:
+    openapi = client.get("/docs.json").json()
+    statuses = {str(entry.status) for entry in ERROR_CODES.values()}
+    error_schema = openapi["components"]["schemas"]["ErrorResponse"]
+    assert set(error_schema["required"]) == {"error", "detail"}
+    for route in ("/predict", "/predict_batch", "/predict_dicom"):
+        responses = openapi["paths"][route]["post"]["responses"]
+        assert {status for status in responses if int(status) >= 400} == statuses, route
+        for status in statuses:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_every_error_class_of_the_service_has_a_registered_code() -> None:
+    from serving.decode_pool import DecodeTimeoutError, DecodeTooLargeError, DecodeUnavailableError
+    from serving.pacs.stow import StowError
+
+    for cls in (DecodeTimeoutError, DecodeTooLargeError, DecodeUnavailableError):
+        assert cls.code in ERROR_CODES, cls.__name__
+    assert issubclass(StowError, ApiError)

@@ -2,7 +2,8 @@
 
 The HTTP tests (test_service.py) cover a gate that was evaluated; these cover the two other
 states, through the same Predictor the service and ``cxr-msn predict`` use. Then the
-self-check, through the Predictor, ``cxr-msn serve --check-only`` and the service's import.
+self-check, through the Predictor, ``cxr-msn serve --check-only`` and ``bentoml serve``'s start-up
+check (made before any worker starts, not when the service module is imported).
 """
 
 from __future__ import annotations
@@ -219,8 +220,10 @@ def test_the_service_refuses_to_start_on_a_failing_variant(checked_repository: P
     broken = with_regression_record(tmp_path, checked_repository, shift_every_reference_probability)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_MSN_", "MODEL_REPOSITORY"))}
     env |= {"MODEL_REPOSITORY": str(broken), "CXR_MSN_VARIANT": "int8", "BENTOML_DO_NOT_TRACK": "true"}
-    result = subprocess.run(
-        [sys.executable, "-c", "import serving.service"],
+    env["BENTOML_HOME"] = str(tmp_path / "bentoml-home")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    result = subprocess.run(  # checked before any worker starts, not when the module is imported
+        [str(bentoml), "serve", "serving.service:CXRService", "--port", "1"],
         capture_output=True,
         text=True,
         env=env,
