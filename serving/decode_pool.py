@@ -46,6 +46,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -446,13 +447,14 @@ def prepare_upload(
     """In a worker: ``prepare_image``, and for DICOM output the source header, pickled."""
     from serving.predictor import prepare_image
 
-    prepared = prepare_image(data, preprocessing)
+    prepared = prepare_image(data, preprocessing, keep_header=read_source)
     if not read_source:
         return prepared, None
     from serving import dicom_output
 
-    source = dicom_output.read_source(data)
-    source.buffer = None  # pydicom keeps the whole upload here, pixel data included
+    source = dicom_output.source_header(prepared.decoded)
+    prepared = replace(prepared, decoded=replace(prepared.decoded, header=None))  # sent once, below
+    source.buffer = None  # pydicom may keep the whole upload here, pixel data included
     header = pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL)
     if len(header) > MAX_SOURCE_HEADER_BYTES:
         raise DecodeTooLargeError(
@@ -473,11 +475,11 @@ def prepare(
     if pool is None:
         from serving.predictor import prepare_image
 
-        prepared = prepare_image(data, preprocessing)
+        prepared = prepare_image(data, preprocessing, keep_header=read_source)
         if not read_source:
             return prepared, None
         from serving import dicom_output
 
-        return prepared, dicom_output.read_source(data)
+        return prepared, dicom_output.source_header(prepared.decoded)
     prepared, header = pool.run(prepare_upload, data, preprocessing, read_source)
     return prepared, None if header is None else pickle.loads(header)

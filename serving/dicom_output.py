@@ -29,6 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrmsn.errors import DecodeError, DicomOutputError
 from cxrmsn.imaging.detect import detect_format
+from cxrmsn.imaging.types import DecodedImage
 from cxrmsn.labels import check_labels
 
 # highdicom's modules log element values (UIDs, attributes copied): silence them all through
@@ -99,8 +100,18 @@ def _guarded(what: str) -> Iterator[None]:
 
 
 @_guarded("source header")
+def source_header(decoded: DecodedImage) -> Dataset:
+    """The uploaded DICOM's header as the decoder parsed it (``decode(..., keep_header=True)``),
+    so a request parses its upload once; ``DicomOutputError`` unless the upload is a DICOM that
+    holds every UID referenced."""
+    if decoded.info.format != "dicom" or decoded.header is None:
+        raise DicomOutputError("DICOM output needs a DICOM upload; this file is not DICOM")
+    return _referencable(decoded.header)
+
+
 def read_source(data: bytes) -> Dataset:
-    """The uploaded DICOM's header; ``DicomOutputError`` unless it holds every UID referenced."""
+    """The header of DICOM bytes without decoding the image (for callers holding only the
+    bytes); ``DicomOutputError`` unless it is a DICOM that holds every UID referenced."""
     try:
         is_dicom = detect_format(data) == "dicom"
     except DecodeError:
@@ -113,6 +124,10 @@ def read_source(data: bytes) -> Dataset:
             pass
     except Exception as exc:  # pydicom raises many types for malformed bytes
         raise DicomOutputError(f"DICOM output: the header is unreadable ({type(exc).__name__})") from None
+    return _referencable(source)
+
+
+def _referencable(source: Dataset) -> Dataset:
     _check_references(source)
     _blank_invalid_values(source)
     return source

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     pending: list[tuple[Path, Any]] = []
     for path in tqdm(files, unit="file", disable=not show_progress or None, file=sys.stderr):
         try:
-            pending.append((path, predictor.prepare(path.read_bytes())))
+            keep_header = args.dicom_dir is not None
+            pending.append((path, predictor.prepare(path.read_bytes(), keep_header=keep_header)))
         except (DecodeError, OSError) as error:
             failures += 1
             code = getattr(error, "code", "unreadable_file")
@@ -153,7 +154,7 @@ def _write_dicom_outputs(
         )
         return 0
     try:
-        source = dicom_output.read_source(path.read_bytes())
+        source = dicom_output.source_header(prepared.decoded)
         encoded = predictor.dicom_outputs(prepared, attention, result, source)
     except DecodeError as error:
         print(f"no DICOM output for {path}: {error.code}: {error.detail}", file=sys.stderr)

@@ -201,12 +201,16 @@ class PreparedImage:
     model_input: np.ndarray  # float32 [3, crop, crop]
 
 
-def prepare_image(data: bytes, preprocessing: PreprocessConfig) -> PreparedImage:
-    """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input.
+def prepare_image(
+    data: bytes, preprocessing: PreprocessConfig, *, keep_header: bool = False
+) -> PreparedImage:
+    """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input. ``keep_header``:
+    a DICOM's header stays in ``decoded.header`` (for DICOM output).
 
     A top-level function (no model needed) so that ``serving.decode_pool`` workers run it.
     """
-    decoded = decode(data, min_size=preprocessing.decode_min_side())  # reduced where the codec can
+    # Reduced where the codec can.
+    decoded = decode(data, min_size=preprocessing.decode_min_side(), keep_header=keep_header)
     return PreparedImage(decoded, preprocess(decoded.pixels, preprocessing, extent=decoded.extent))
 
 
@@ -287,9 +291,9 @@ class Predictor:
             LOGGER.info("self-check passed: %s", result.detail)
         return backend, result
 
-    def prepare(self, data: bytes) -> PreparedImage:
+    def prepare(self, data: bytes, *, keep_header: bool = False) -> PreparedImage:
         """Decode and preprocess; raises ``cxrmsn.errors.DecodeError`` for bad input."""
-        return prepare_image(data, self.preprocessing)
+        return prepare_image(data, self.preprocessing, keep_header=keep_header)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.backend.infer(batch)

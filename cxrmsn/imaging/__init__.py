@@ -12,7 +12,11 @@ DEFAULT_LIMITS = DecodeLimits()
 
 
 def decode(
-    data: bytes, *, limits: DecodeLimits = DEFAULT_LIMITS, min_size: int | None = None
+    data: bytes,
+    *,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    min_size: int | None = None,
+    keep_header: bool = False,
 ) -> DecodedImage:
     """Decode an upload into a grey-scale image in [0, 1] plus safe metadata.
 
@@ -27,6 +31,9 @@ def decode(
     ``extent`` where the image lies on the smaller pixels; pass both to ``preprocess``.
     Other syntaxes, and ``None`` (the default), decode at full resolution. A ``min_size``
     that is not a positive int raises ValueError.
+
+    ``keep_header``: a DICOM's parsed data set, less its pixel data, is kept in ``header``
+    (for DICOM output); other formats have none.
     """
     from cxrmsn.imaging.reduced import target_side
 
@@ -36,7 +43,7 @@ def decode(
         if fmt == "dicom":
             from cxrmsn.imaging.dicom import decode_dicom
 
-            return decode_dicom(data, limits, target)
+            return decode_dicom(data, limits, target, keep_header=keep_header)
         from cxrmsn.imaging.raster import decode_raster
 
         return decode_raster(data, fmt, limits, target)

@@ -70,11 +70,15 @@ class _DropRecords(logging.Filter):
 
 logging.getLogger("pydicom").addFilter(_DropRecords())
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+PIXEL_DATA_TAG = 0x7FE00010
 
 
-def decode_dicom(data: bytes, limits: DecodeLimits, target: int | None = None) -> DecodedImage:
+def decode_dicom(
+    data: bytes, limits: DecodeLimits, target: int | None = None, *, keep_header: bool = False
+) -> DecodedImage:
     """``target``: decode at a reduced resolution whose shorter side stays >= ``target`` px
-    where the syntax allows (``reduced``); None: full resolution."""
+    where the syntax allows (``reduced``); None: full resolution. ``keep_header``: return the
+    data set, less its pixel data, as ``header``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = _read_dataset(data, limits)
@@ -82,7 +86,19 @@ def decode_dicom(data: bytes, limits: DecodeLimits, target: int | None = None) -
         stored, factor, extent = _decode_pixels(ds, limits, target)
         image, notes = _to_display(stored, ds)
     check_not_blank(image)
-    return DecodedImage(pixels=image, info=_info(ds, image, notes, factor), extent=extent)
+    info = _info(ds, image, notes, factor)
+    return DecodedImage(
+        pixels=image, info=info, extent=extent, header=_without_pixels(ds) if keep_header else None
+    )
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """A new data set with the elements of ``ds`` before its pixel data, as reading it with
+    ``stop_before_pixels`` gives (and without the decoded-array cache pydicom keeps on ``ds``):
+    the header DICOM output copies."""
+    header = Dataset({element.tag: element for element in ds if element.tag < PIXEL_DATA_TAG})
+    header.file_meta = ds.file_meta
+    return header
 
 
 def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -66,3 +67,6 @@ class DecodedImage:
     #: ``cxrmsn.preprocess.preprocess(pixels, config, extent=extent)`` resamples from it so
     #: the model input lines up with the full-resolution path's. None at full resolution.
     extent: tuple[float, float, float, float] | None = None
+    #: ``decode(..., keep_header=True)`` of a DICOM: its parsed data set without the pixel data
+    #: (a ``pydicom.Dataset``), so that DICOM output never parses the upload a second time.
+    header: Any = None

@@ -286,3 +286,36 @@ def test_nothing_logged_or_warned_quotes_patient_data(caplog: pytest.LogCaptureF
     assert not [record for record in caplog.records if record.name.startswith("highdicom")]
     assert MARKER not in caplog.text
     assert not [warning for warning in caught if MARKER in str(warning.message)]
+
+
+@pytest.mark.parametrize("in_pool", [False, True], ids=["in-process", "decode-worker"])
+def test_dicom_output_parses_the_upload_once(in_pool: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxrmsn.imaging.dicom as dicom_decoder
+    from cxrmsn.preprocess import PreprocessConfig
+    from serving import decode_pool
+
+    data = rg1_bytes()
+    reads: list[int] = []
+    real_dcmread = pydicom.dcmread
+
+    def counted(*args: Any, **kwargs: Any) -> Dataset:
+        reads.append(1)
+        return real_dcmread(*args, **kwargs)
+
+    if in_pool:  # a real worker process: it parses; the header comes back pickled
+        pool = decode_pool.DecodePool(1, deadline_s=30, memory_mib=1024)
+        try:
+            pool.wait_ready()
+            prepared, source = decode_pool.prepare(pool, data, PreprocessConfig(), read_source=True)
+        finally:
+            pool.close()
+    else:
+        monkeypatch.setattr(dicom_decoder.pydicom, "dcmread", counted)
+        prepared, source = decode_pool.prepare(None, data, PreprocessConfig(), read_source=True)
+        assert len(reads) == 1
+    assert source == dicom_output.read_source(data)  # the same header a separate parse gives
+    assert (
+        "PixelData" not in source
+        and source.file_meta.TransferSyntaxUID == real_dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID
+    )
+    assert prepared.decoded.header is None if in_pool else prepared.decoded.header is source
