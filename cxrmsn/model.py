@@ -109,8 +109,12 @@ class CXRClassifier(nn.Module):
         grid = self.encoder.patch_embed.grid_size
         return int(grid[0]), int(grid[1])
 
-    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens after the final norm [B, N, D] and CLS attention [B, heads, N].
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens after the final norm [B, N, D], as timm's ``forward_features``."""
+        return self.encoder.forward_features(images)
+
+    def features_and_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_features``' tokens and the last block's CLS attention [B, heads, N].
 
         Through timm's public ``forward_intermediates``: the embedding and every block but
         the last, whose input the attention side path reads; then the last block and norm.
@@ -143,10 +147,10 @@ class CXRClassifier(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """CLS embeddings [B, D] (what linear evaluation trains on)."""
-        return self.encoder.forward_head(self.encoder.forward_features(images), pre_logits=True)
+        return self.forward_head(self.forward_features(images), pre_logits=True)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, attention = self.forward_features(images)
+        tokens, attention = self.features_and_attention(images)
         probabilities = torch.sigmoid(self.forward_head(tokens))
         prefix = self.encoder.num_prefix_tokens
         grid_h, grid_w = self.grid_size
@@ -186,7 +190,7 @@ class GuardedClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         classifier = self.classifier
-        tokens, attention = classifier.forward_features(images)
+        tokens, attention = classifier.features_and_attention(images)
         embedding = classifier.forward_head(tokens, pre_logits=True)
         probabilities = torch.sigmoid(classifier.head(embedding))
         prefix = classifier.encoder.num_prefix_tokens

@@ -258,7 +258,7 @@ def _embeddings(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndar
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            tokens, _ = model.eval().forward_features(torch.from_numpy(images[start : start + batch_size]))
+            tokens = model.eval().forward_features(torch.from_numpy(images[start : start + batch_size]))
             parts.append(model.forward_head(tokens, pre_logits=True).numpy())
     return np.concatenate(parts).astype(np.float64)
 

@@ -85,8 +85,10 @@ def test_dynamic_encoder_takes_96_px_focal_views() -> None:
 def test_embed_is_the_pre_logits_cls_embedding(tiny: CXRClassifier) -> None:
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        tokens, _ = tiny.forward_features(images)
+        tokens = tiny.forward_features(images)
         torch.testing.assert_close(tiny.embed(images), tiny.forward_head(tokens, pre_logits=True))
+        # The attention path's tokens (through forward_intermediates) are forward_features' own.
+        assert torch.equal(tiny.features_and_attention(images)[0], tokens)
         torch.testing.assert_close(torch.sigmoid(tiny.forward_head(tokens)), tiny(images)[0])
 
 

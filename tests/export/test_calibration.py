@@ -42,7 +42,7 @@ def classifier(checkpoint: Path) -> tuple[CXRClassifier, Any]:
 def raw_logits(checkpoint: Path, images: np.ndarray) -> np.ndarray:
     model, _ = classifier(checkpoint)
     with torch.no_grad():
-        return model.forward_head(model.forward_features(torch.from_numpy(images))[0]).numpy()
+        return model.forward_head(model.forward_features(torch.from_numpy(images))).numpy()
 
 
 @pytest.fixture(scope="module")
