@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,16 +181,7 @@ def _build(
         grid=model.grid_size,
         ood_score=guard is not None,
     )
-    source_sha256 = sha256_file(source)
-    onnx_metadata = {
-        "cxr_msn.architecture": metadata.architecture,
-        "cxr_msn.labels": json.dumps(list(metadata.labels)),
-        "cxr_msn.preprocessing": json.dumps(metadata.preprocessing, sort_keys=True),
-        "cxr_msn.source_checkpoint_sha256": source_sha256,
-        "cxr_msn.intended_use": metadata.intended_use,
-    }
-    if guard is not None:
-        onnx_metadata["cxr_msn.ood_threshold"] = repr(guard.threshold)
+    onnx_metadata = _onnx_metadata(metadata, sha256_file(source), guard)
     fp32_path, fp32_notes = _export_fp32(staging, model, interface, onnx_metadata, image_size)
     images = (
         evaluation.images if evaluation else generated_images(options.generated_inputs, image_size=image_size)
@@ -215,7 +206,36 @@ def _build(
         files[OPTIMISED] = optimised
     _write_triton_folders(staging, interface, files, metadata.labels, options.max_batch_size)
     _write_twin(staging, interface, files["fp32"], metadata.labels, options.max_batch_size)
-    manifest = RepositoryManifest(
+    manifest = _manifest(staging, files, metadata, source, interface, options)
+    manifest = replace(manifest, validity_gate=gate, calibration=dict(calibration or {}), ood_guard=guard)
+    write_manifest(staging, manifest)
+    return manifest
+
+
+def _onnx_metadata(metadata: Any, source_sha256: str, guard: OodGuard | None) -> dict[str, str]:
+    """What every exported ONNX file carries in its metadata_props."""
+    onnx_metadata = {
+        "cxr_msn.architecture": metadata.architecture,
+        "cxr_msn.labels": json.dumps(list(metadata.labels)),
+        "cxr_msn.preprocessing": json.dumps(metadata.preprocessing, sort_keys=True),
+        "cxr_msn.source_checkpoint_sha256": source_sha256,
+        "cxr_msn.intended_use": metadata.intended_use,
+    }
+    if guard is not None:
+        onnx_metadata["cxr_msn.ood_threshold"] = repr(guard.threshold)
+    return onnx_metadata
+
+
+def _manifest(
+    staging: Path,
+    files: dict[str, ModelFile],
+    metadata: Any,
+    source: Path,
+    interface: Any,
+    options: ExportOptions,
+) -> RepositoryManifest:
+    """The manifest of the staged repository, before its gate, calibration and guard records."""
+    return RepositoryManifest(
         name=MODEL_NAME,
         version=MODEL_VERSION,
         architecture=metadata.architecture,
@@ -230,7 +250,7 @@ def _build(
         intended_use=metadata.intended_use,
         source_checkpoint={
             "path": str(source),
-            "sha256": source_sha256,
+            "sha256": sha256_file(source),
             "bytes": source.stat().st_size,
             "architecture": metadata.architecture,
             "kind": metadata.kind,
@@ -242,13 +262,8 @@ def _build(
             "python_twin": TWIN_MODEL,
         },
         files=_other_files(staging, files),
-        validity_gate=gate,
-        calibration=dict(calibration or {}),
-        ood_guard=guard,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    write_manifest(staging, manifest)
-    return manifest
 
 
 def _embeddings(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
