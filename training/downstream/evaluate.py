@@ -94,23 +94,14 @@ def evaluate_classifier(
     metrics = RunMetrics(
         protocol="external",
         evaluated_split=split,
-        classifier={
-            "path": str(classifier.resolve()),
-            "sha256": sha256_file(classifier),
-            "architecture": metadata.architecture,
-            "trained_labels": metadata.trained_labels,
-            "thresholds": metadata.thresholds,
-            "training_data": metadata.training_data.get("summary"),
-        },
+        classifier=_classifier_record(classifier, metadata),
         trained_labels=metadata.trained_labels,
         data={
             "manifest": str(manifest.resolve()),
             "images": len(keep),
             "undecodable_images_dropped": len(failed),
             "datasets": sorted({r.dataset for r in rows}),
-            "label_policy": policy_summary(
-                config.labels.blank, config.labels.uncertain, config.labels.blank_zero_datasets
-            ),
+            "label_policy": _label_policy(config),
         },
         label_masks={"test": label_counts(labels)},
         test=block,
@@ -132,6 +123,23 @@ def evaluate_classifier(
     metrics = replace(metrics, seconds=round(time.perf_counter() - started, 1))
     metrics.write(out)
     return metrics.to_json()
+
+
+def _classifier_record(classifier: Path, metadata: Any) -> dict[str, Any]:
+    """metrics.json's ``classifier``: which checkpoint was evaluated."""
+    return {
+        "path": str(classifier.resolve()),
+        "sha256": sha256_file(classifier),
+        "architecture": metadata.architecture,
+        "trained_labels": metadata.trained_labels,
+        "thresholds": metadata.thresholds,
+        "training_data": metadata.training_data.get("summary"),
+    }
+
+
+def _label_policy(config: DownstreamConfig) -> Any:
+    labels = config.labels
+    return policy_summary(labels.blank, labels.uncertain, labels.blank_zero_datasets)
 
 
 def _load(classifier: Path) -> tuple[CXRClassifier, CheckpointMetadata]:
