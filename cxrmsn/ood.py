@@ -28,6 +28,9 @@ OOD_OUTPUT = "ood_score"
 SCORE_KIND = "mahalanobis_cls_embedding"
 #: Radiograph modalities (DICOM PS3.3 C.7.3.1.1.1): computed, digital, digital radiography.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
+#: Modalities that say nothing about what the image is ("other"; a Secondary Capture's scanned
+#: or exported film, which PACS tag OT or SC): the score decides, as for a PNG.
+UNINFORMATIVE_MODALITIES = ("OT", "SC")
 #: DICOM ViewPosition spellings of the views in the training data's ``view`` column.
 VIEW_ALIASES: dict[str, tuple[str, ...]] = {
     "PA": ("PA",),
@@ -43,7 +46,7 @@ THRESHOLD_RULE = (
     f"images scored out of fold ({FOLDS} folds, each fold by a Gaussian fitted on the others) and "
     "the validation images (by the full fit); never the test split"
 )
-MODES = ("refuse", "warn", "off")
+MODES = ("refuse", "warn")
 
 
 @dataclass
@@ -157,8 +160,9 @@ def decide(
 ) -> Verdict:
     """THE rule: score over threshold, a non-radiograph DICOM Modality, or an uncovered ViewPosition.
 
-    A missing Modality or ViewPosition decides nothing (PNG and JPEG have neither); a NaN or
-    infinite score is over any threshold.
+    A missing Modality or ViewPosition decides nothing (PNG and JPEG have neither), nor does a
+    Modality of OT or SC (a chest film stored as a Secondary Capture); a NaN or infinite score
+    is over any threshold.
     """
     reasons = []
     if score is not None and threshold is not None and not score <= threshold:
@@ -166,8 +170,9 @@ def decide(
             f"out-of-distribution score {score:.2f} is above the threshold {threshold:.2f} "
             "(Mahalanobis distance of the image's embedding from the training chest radiographs')"
         )
-    if modality and modality.strip().upper() not in RADIOGRAPH_MODALITIES:
-        reasons.append(f"DICOM Modality is {modality.strip()}, not one of {', '.join(RADIOGRAPH_MODALITIES)}")
+    stated = (modality or "").strip().upper()
+    if stated and stated not in RADIOGRAPH_MODALITIES + UNINFORMATIVE_MODALITIES:
+        reasons.append(f"DICOM Modality is {stated}, not one of {', '.join(RADIOGRAPH_MODALITIES)}")
     covered = set(views)
     position = (view_position or "").strip().upper()
     if position and covered and position not in covered:

@@ -286,6 +286,12 @@ def _fit_guard(
     from cxrmsn.model import GuardedClassifier
 
     fit_set = read_image_manifest(fit_manifest, metadata.preprocess_config, split="train")
+    if "every row" in fit_set.source:  # no split column: nothing keeps test images out of the fit
+        log.warning(
+            "--ood-fit-manifest %s has no 'split' column: the guard is fitted on every row; "
+            "make sure it lists training images only",
+            fit_manifest,
+        )
     train = _embeddings(model, fit_set.images)
     valid = _embeddings(model, evaluation.images) if evaluation is not None else None
     fit = ood.fit_guard(train, valid)

@@ -401,10 +401,22 @@ class Predictor:
     ) -> dict[str, bytes]:
         """DICOM Part 10 bytes by part: "sr" the Structured Report, "sc" the heatmap capture.
 
-        ``source`` is ``serving.dicom_output.read_source`` of the upload; raises
-        ``DicomOutputError`` when highdicom cannot build a part from it.
+        ``source`` is ``serving.dicom_output.source_header`` of the upload; raises
+        ``DicomOutputError`` when highdicom cannot build a part from it, and
+        ``NotAChestRadiographError`` for an image the guard flagged (``CXR_MSN_OOD=warn``): a
+        PACS report carries no warnings, so none is written for it.
         """
         from serving import dicom_output  # highdicom: loaded only when DICOM output is asked for
+
+        ood = result.get("ood") or {}
+        if ood.get("status") == OOD_FLAGGED:
+            reasons = "; ".join(ood.get("reasons") or []) or "flagged by the out-of-distribution guard"
+            raise NotAChestRadiographError(
+                f"no DICOM output for an image the guard flagged ({reasons}); "
+                "CXR_MSN_OOD=warn serves it as JSON only",
+                score=ood.get("score"),
+                threshold=ood.get("threshold"),
+            )
 
         datasets: dict[str, Any] = {}
         if "sr" in parts:

@@ -41,7 +41,7 @@ from cxrmsn.imaging.jpeg import check_scan_length
 from cxrmsn.imaging.reduced import Extent
 from cxrmsn.imaging.types import DecodedImage, DecodeLimits, ImageInfo
 
-RADIOGRAPH_MODALITIES = ("CR", "DX")
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
 # JPEG transfer syntaxes whose codestream is Huffman-coded (checked for truncated scans).
 _HUFFMAN_JPEG_SYNTAXES = (
     pydicom.uid.JPEGBaseline8Bit,
@@ -491,7 +491,7 @@ def _info(ds: Dataset, image: np.ndarray, notes: list[str], factor: int = 1) -> 
     if modality not in RADIOGRAPH_MODALITIES:
         warnings_out.insert(
             0,
-            f"Modality is {echo(modality) if modality else 'missing'}, not CR or DX: "
+            f"Modality is {echo(modality) if modality else 'missing'}, not CR, DX or DR: "
             "the model was trained on chest radiographs only",
         )
     return ImageInfo(

@@ -53,6 +53,7 @@ from pydicom.uid import JPEGLossless as JPEGLosslessP14
 from pynetdicom import AE, StoragePresentationContexts, evt
 
 from cxrmsn.errors import DecodeError
+from cxrmsn.ood import RADIOGRAPH_MODALITIES
 from serving.pacs.outbox import DeliveryError, Item, Outbox, source_digest
 
 LOGGER = logging.getLogger("cxr_msn.pacs.listener")
@@ -363,10 +364,10 @@ def skip_reason(header: Dataset) -> str | None:
     if kind is None:
         known = pydicom.uid.UID(sop_class).name if sop_class else "none"
         return f"not a chest radiograph: modality {_coded(modality)}, SOP class {_coded(known)}"
-    if kind == "SC" and body_part != "CHEST" and modality not in ("CR", "DX"):
+    if kind == "SC" and body_part != "CHEST" and modality not in RADIOGRAPH_MODALITIES:
         return "a Secondary Capture that is not marked as a chest film (BodyPartExamined CHEST)"
-    if kind != "SC" and modality and modality not in ("CR", "DX"):
-        return f"modality {_coded(modality)} is not CR or DX"
+    if kind != "SC" and modality and modality not in RADIOGRAPH_MODALITIES:
+        return f"modality {_coded(modality)} is not CR, DX or DR"
     if body_part and body_part != "CHEST":
         return f"body part {_coded(body_part)} is not CHEST"
     view = str(header.get("ViewPosition", "") or "").strip().upper()

@@ -203,7 +203,11 @@ function oodFact(ood) {
   if (!ood) return null;
   if (ood.status === "no_guard") return "no out-of-distribution guard in this model";
   if (ood.score === null || ood.score === undefined) return null;
-  const verdict = ood.status === "flagged" ? "over: flagged, served because CXR_MSN_OOD=warn" : "within";
+  const over = ood.score > ood.threshold;
+  const verdict =
+    ood.status === "flagged"
+      ? `${over ? "over" : "within, but the DICOM header"}: flagged, served because CXR_MSN_OOD=warn`
+      : "within";
   return `${ood.score.toFixed(2)} (threshold ${ood.threshold.toFixed(2)}: ${verdict})`;
 }
 

@@ -139,6 +139,9 @@ def test_a_repository_exported_without_a_fit_set_has_no_guard(nano_repository: P
         (5.0, None, "", False),
         (None, "MR", None, True),  # no guard: the header still decides
         (None, "CR", None, False),
+        (5.0, "OT", None, False),  # a chest film stored as a Secondary Capture: the score decides
+        (5.0, "SC", "PA", False),
+        (11.0, "OT", None, True),
     ],
 )
 def test_the_rule(score: float | None, modality: str | None, view: str | None, refused: bool) -> None:

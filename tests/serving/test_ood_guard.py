@@ -187,6 +187,10 @@ def test_warn_mode_serves_the_image_with_a_warning(tmp_path: Path) -> None:
             assert body["ood"]["score"] > body["ood"]["threshold"]
             assert body["warnings"][0].startswith("not taken for a chest radiograph")
             assert "CXR_MSN_OOD=warn" in body["warnings"][0]
+            # A PACS report carries no warnings: no DICOM output for a flagged image, even here.
+            refused = client.post("/predict_dicom", files={"file": ("ct.dcm", pydicom_file("CT_small.dcm"))})
+            assert refused.status_code == 422 and refused.json()["error"] == CODE
+            assert "CXR_MSN_OOD=warn serves it as JSON only" in refused.json()["detail"]
     finally:
         stop_server(server)
 
