@@ -77,26 +77,35 @@ def macro_auroc(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]
     return {"macro_auroc": macro, "per_label": per_label, "skipped_labels": skipped}
 
 
-def _read_rows(csv_path: Path) -> list[tuple[Path, list[float]]]:
+NumberedRows = list[tuple[int, dict[str, str | None]]]  # (line number, row)
+
+
+def _csv_rows(csv_path: Path, kind: str) -> tuple[list[str], str | None, NumberedRows]:
+    """A manifest CSV's columns, its path column (None: none) and its rows with line numbers."""
     if not csv_path.is_file():
-        raise ValueError(f"validation manifest {csv_path} does not exist")
+        raise ValueError(f"{kind} {csv_path} does not exist")
     with csv_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        path_column = next((name for name in PATH_COLUMNS if name in columns), None)
-        missing = [label for label in LABELS if label not in columns]
-        if path_column is None or missing:
-            raise ValueError(
-                f"{csv_path} needs a 'path' column and one column per label; "
-                f"missing {([] if path_column else ['path']) + missing}"
-            )
-        rows = [
-            (
-                _resolve(csv_path, row[path_column], number),
-                [_label(row, label, f"{csv_path} line {number}") for label in LABELS],
-            )
-            for number, row in enumerate(reader, start=2)
-        ]
+        columns = list(reader.fieldnames or [])
+        rows = list(enumerate(reader, start=2))
+    return columns, next((name for name in PATH_COLUMNS if name in columns), None), rows
+
+
+def _read_rows(csv_path: Path) -> list[tuple[Path, list[float]]]:
+    columns, path_column, numbered = _csv_rows(csv_path, "validation manifest")
+    missing = [label for label in LABELS if label not in columns]
+    if path_column is None or missing:
+        raise ValueError(
+            f"{csv_path} needs a 'path' column and one column per label; "
+            f"missing {([] if path_column else ['path']) + missing}"
+        )
+    rows = [
+        (
+            _resolve(csv_path, row[path_column], number),
+            [_label(row, label, f"{csv_path} line {number}") for label in LABELS],
+        )
+        for number, row in numbered
+    ]
     if not rows:
         raise ValueError(f"{csv_path} lists no images")
     return rows
@@ -136,19 +145,14 @@ def read_image_manifest(
     from cxrmsn.preprocess import preprocess
 
     csv_path = Path(path)
-    if not csv_path.is_file():
-        raise ValueError(f"image manifest {csv_path} does not exist")
-    with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        path_column = next((name for name in PATH_COLUMNS if name in columns), None)
-        if path_column is None:
-            raise ValueError(f"{csv_path} needs a 'path' column")
-        rows = [
-            (number, row)
-            for number, row in enumerate(reader, start=2)
-            if "split" not in columns or (row.get("split") or "").strip() == split
-        ]
+    columns, path_column, numbered = _csv_rows(csv_path, "image manifest")
+    if path_column is None:
+        raise ValueError(f"{csv_path} needs a 'path' column")
+    rows = [
+        (number, row)
+        for number, row in numbered
+        if "split" not in columns or (row.get("split") or "").strip() == split
+    ]
     if not rows:
         raise ValueError(f"{csv_path} lists no images" + (f" of split {split!r}" if split else ""))
     images, views = [], []

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from cxrmsn.labels import LABELS, NUM_LABELS
 from tests.helpers import chest_like_picture, to_png
 from training.data.manifest import ManifestRow, write_manifest
+from training.distributed import DistInfo
+
+#: One process on the CPU.
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+#: A one-step model for train-step tests: vit_nano at 64 px with two 32 px focal views.
+STEP_SMALL = [
+    "model.arch=vit_nano_patch16_224",
+    "views.target_size=64",
+    "views.rand_size=64",
+    "views.focal_size=32",
+    "views.focal_views=2",
+    "loss.num_prototypes=16",
+    "train.epochs=2",
+]
 
 # vit_nano at 64 px (8 px patches) with two 32 px focal views: a fraction of a second per step.
 NANO_RUN = [

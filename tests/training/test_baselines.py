@@ -14,18 +14,16 @@ import torch.nn.functional as F
 
 from cxrmsn.checkpoint import load_checkpoint, load_state_strictly
 from cxrmsn.model import create_encoder
-from tests.training.pretrain_fixtures import NANO_RUN, write_pretrain_manifest
+from tests.training.pretrain_fixtures import CPU, NANO_RUN, write_pretrain_manifest
 from training.baselines.dino import DINOStudent, prototype_logits, size_groups
 from training.baselines.dino_loss import dino_loss, teacher_temperature, update_center_
 from training.baselines.mae import MAEModel, sincos_2d
 from training.baselines.mae_loss import mae_loss, masked_from_keep, patchify
 from training.config import MAEConfig, PretrainConfig, apply_overrides
 from training.configs import config_names, named_config
-from training.distributed import DistInfo
 from training.pretrain import pretrain
 from training.train_step import TrainParts, _forward, build_parts, train_step
 
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 E = math.e
 
 # DINO ---------------------------------------------------------------------------------------

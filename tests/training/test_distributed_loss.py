@@ -7,13 +7,13 @@ prototype gradient (averaged, as DDP does) must equal one process holding the wh
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from serving.devserver import free_port
 from training.msn.msn_loss import msn_loss, sinkhorn
 
 BATCH, VIEWS, WIDTH, PROTOTYPES = 4, 3, 8, 6
@@ -60,14 +60,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     anchors, targets, prototypes = _shard(0, 1)

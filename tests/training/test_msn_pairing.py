@@ -4,7 +4,6 @@ prototypes no gradient, and two DDP ranks compute the gradient of one process on
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from serving.devserver import free_port
 from tests.helpers import chest_like_picture
+from tests.training.pretrain_fixtures import CPU
 from training.config import PretrainConfig, ViewsConfig, apply_overrides
 from training.data.dataset import PretrainDataset
 from training.distributed import DistInfo
@@ -24,7 +25,6 @@ from training.msn.msn_loss import anchor_log_probabilities, msn_loss, target_pro
 from training.msn.views import MultiViewTransform
 from training.train_step import TrainParts, anchor_inputs, build_parts, train_step
 
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 IMAGES, SIZE = 6, 64
 # Every view is the whole image (scale 1, no flip), so the anchor views of an image equal its
 # target view: with no masking, the anchor and target networks (copies at step 0) agree on them.
@@ -213,14 +213,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_encoder_gradients_of_two_ddp_ranks_equal_one_process_on_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = _step_gradients(CPU, _global_batch())
     names = single["grads"].keys()

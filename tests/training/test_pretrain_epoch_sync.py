@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.training.test_train_step_sync import CPU, SMALL, SyncCounter
+from tests.training.pretrain_fixtures import CPU, STEP_SMALL
+from tests.training.test_train_step_sync import SyncCounter
 from training.benchmark import synthetic_batch
 from training.config import PretrainConfig, apply_overrides
 from training.early_stopping import EarlyStopping
@@ -59,7 +60,13 @@ def _logs() -> dict[str, Any]:
 def _setup(log_every: int, *overrides: str) -> tuple[TrainParts, list[dict[str, torch.Tensor]]]:
     config = apply_overrides(
         PretrainConfig(),
-        [*SMALL, "train.batch_size=4", "train.progress=false", f"train.log_every={log_every}", *overrides],
+        [
+            *STEP_SMALL,
+            "train.batch_size=4",
+            "train.progress=false",
+            f"train.log_every={log_every}",
+            *overrides,
+        ],
     )
     torch.manual_seed(0)
     parts = build_parts(config, ehr_dim=3, steps_per_epoch=STEPS, dist_info=CPU)
@@ -196,9 +203,9 @@ def _sums_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_ranks_average_over_both_and_both_stop_when_one_sees_a_non_finite_loss(tmp_path: Any) -> None:
     import torch.multiprocessing as mp
 
-    from tests.training.test_distributed_loss import _free_port
+    from serving.devserver import free_port
 
-    mp.spawn(_sums_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sums_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for rank, result in enumerate(ranks):
         assert result["read"] == {"loss": 10.0 * rank + 2, "lr": 0.5}

@@ -13,14 +13,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from tests.training.pretrain_fixtures import CPU
 from training.config import PretrainConfig, apply_overrides
 from training.data.dataset import PretrainDataset
-from training.distributed import DistInfo
 from training.msn.views import MultiViewTransform
 from training.pretrain import epoch_seed, make_loader
 from training.pretrain_data import PretrainData, default_workers, resolve_workers
 
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 VIEWS = ["views.target_size=32", "views.rand_size=32", "views.focal_size=16", "views.focal_views=2"]
 
 

@@ -5,25 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.training.pretrain_fixtures import CPU, STEP_SMALL
 from training.benchmark import benchmark, synthetic_batch
 from training.config import PretrainConfig, apply_overrides
-from training.distributed import DistInfo
 from training.train_step import TrainParts, anchor_inputs, build_parts, train_step
-
-SMALL = [
-    "model.arch=vit_nano_patch16_224",
-    "views.target_size=64",
-    "views.rand_size=64",
-    "views.focal_size=32",
-    "views.focal_views=2",
-    "loss.num_prototypes=16",
-    "train.epochs=2",
-]
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 def _parts(*overrides: str, ehr_dim: int = 3) -> tuple[TrainParts, dict[str, torch.Tensor]]:
-    config = apply_overrides(PretrainConfig(), [*SMALL, *overrides])
+    config = apply_overrides(PretrainConfig(), [*STEP_SMALL, *overrides])
     torch.manual_seed(0)
     parts = build_parts(config, ehr_dim=ehr_dim, steps_per_epoch=4, dist_info=CPU)
     return parts, synthetic_batch(config, 4, ehr_dim)
@@ -94,6 +83,6 @@ def test_warmup_and_clipping_and_weight_decay_schedule() -> None:
 
 
 def test_benchmark_reports_images_per_second() -> None:
-    config = apply_overrides(PretrainConfig(), SMALL)
+    config = apply_overrides(PretrainConfig(), STEP_SMALL)
     result = benchmark(config, batch_size=2, steps=1, warmup=0, ehr_dim=3)
     assert result["images_per_s_median"] > 0 and result["arch"] == "vit_nano_patch16_224"

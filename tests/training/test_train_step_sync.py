@@ -13,21 +13,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from tests.training.pretrain_fixtures import CPU, STEP_SMALL
 from training.benchmark import synthetic_batch
 from training.config import PretrainConfig, apply_overrides
 from training.distributed import DistInfo
 from training.train_step import EpochSums, StepStats, anchor_inputs, build_parts, run_step, train_step
 
-SMALL = [
-    "model.arch=vit_nano_patch16_224",
-    "views.target_size=64",
-    "views.rand_size=64",
-    "views.focal_size=32",
-    "views.focal_views=2",
-    "loss.num_prototypes=16",
-    "train.epochs=2",
-]
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SYNCING = {
     torch.Tensor.item,
     torch.Tensor.tolist,
@@ -59,7 +50,7 @@ class SyncCounter(TorchFunctionMode):
 
 
 def _parts(method: str = "msn") -> tuple[Any, dict[str, torch.Tensor]]:
-    config = apply_overrides(PretrainConfig(), [*SMALL, f"method={method}"])
+    config = apply_overrides(PretrainConfig(), [*STEP_SMALL, f"method={method}"])
     torch.manual_seed(0)
     ehr_dim = 3 if method == "msn" else 0
     if method != "msn":

@@ -239,22 +239,7 @@ def train_classifier(
         log.info("%s epoch %d: loss %.4f, valid macro AUROC %s", spec.name, epoch + 1, loss, score)
         if tracker.end_epoch(epoch, loss=loss, score=score, module=model):
             break
-    log.info(
-        "%s: best valid macro AUROC %.4f at epoch %d of %d (%s)",
-        spec.name,
-        tracker.best_score,
-        tracker.best_epoch,
-        len(tracker.history),
-        tracker.stopped,
-    )
-    return RunResult(
-        spec,
-        best_epoch=tracker.best_epoch,
-        best_valid_macro_auroc=tracker.best_score,
-        stopped=tracker.stopped,
-        history=tracker.history,
-        state=tracker.state,
-    )
+    return RunResult.from_tracker(spec, tracker)
 
 
 def _train_epoch(

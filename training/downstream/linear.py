@@ -61,6 +61,20 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # the head at its best epoch
 
+    @classmethod
+    def from_tracker(cls, spec: RunSpec, tracker: BestEpoch) -> RunResult:
+        """The run ``tracker`` followed, logged in one line."""
+        log.info(
+            "%s: best valid macro AUROC %.4f at epoch %d of %d (%s)",
+            spec.name,
+            tracker.best_score,
+            tracker.best_epoch,
+            len(tracker.history),
+            tracker.stopped,
+        )
+        best = tracker.best_epoch, tracker.best_score
+        return cls(spec, *best, tracker.stopped, tracker.history, tracker.state)
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
@@ -150,18 +164,7 @@ def train_head(
             epoch, loss=loss, score=macro_auroc(probabilities, valid_labels, macro_columns), module=head
         ):
             break
-    result = RunResult(
-        spec, tracker.best_epoch, tracker.best_score, tracker.stopped, tracker.history, tracker.state
-    )
-    log.info(
-        "%s: best valid macro AUROC %.4f at epoch %d of %d (%s)",
-        spec.name,
-        result.best_valid_macro_auroc,
-        result.best_epoch,
-        len(result.history),
-        result.stopped,
-    )
-    return result
+    return RunResult.from_tracker(spec, tracker)
 
 
 def fit_logistic(

@@ -22,6 +22,20 @@ from training.data.manifest import ManifestRow, write_manifest
 from training.downstream.config import AugmentConfig, DownstreamConfig, EvalDataConfig, HeadConfig
 
 ARCH = "vit_nano_patch16_224"
+#: Pretraining overrides of a seconds-long experiment arm: vit_nano at 64 px, one epoch.
+TINY_PRETRAIN = (
+    "model.arch=vit_nano_patch8_64",
+    "views.focal_views=1",
+    "views.focal_size=32",
+    "data.cache_size=64",
+    "data.cache_workers=1",
+    "data.num_workers=0",
+    "loss.num_prototypes=16",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.progress=false",
+    "monitor.every=0",
+)
 SPLIT_PATIENTS = {"train": 12, "valid": 6, "test": 6}  # two images each
 
 

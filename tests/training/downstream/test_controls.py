@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cxrmsn.checkpoint import load_checkpoint
-from tests.training.downstream.fixtures import small_config
+from tests.training.downstream.fixtures import TINY_PRETRAIN, small_config
 from training.config import from_dict
 from training.distributed import DistInfo
 from training.downstream.config import FinetuneConfig
@@ -19,20 +19,6 @@ from training.downstream.experiment import Experiment
 from training.train_step import build_parts
 
 pytestmark = pytest.mark.slow
-
-TINY = (
-    "model.arch=vit_nano_patch8_64",
-    "views.focal_views=1",
-    "views.focal_size=32",
-    "data.cache_size=64",
-    "data.cache_workers=1",
-    "data.num_workers=0",
-    "loss.num_prototypes=16",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "train.progress=false",
-    "monitor.every=0",
-)
 
 
 def test_msn_and_the_three_controls_share_splits_and_are_compared_with_random_init(
@@ -43,7 +29,7 @@ def test_msn_and_the_three_controls_share_splits_and_are_compared_with_random_in
         backbone="small",
         variants=("vanilla",),
         data=("data.source=manifest", f"data.manifest={manifest}", f"data.cache_dir={tmp_path / 'images'}"),
-        pretrain_overrides=TINY,
+        pretrain_overrides=TINY_PRETRAIN,
         downstream=downstream,
     )
     setup = ControlExperiment(

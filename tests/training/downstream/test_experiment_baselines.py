@@ -12,28 +12,19 @@ import torch
 from cxrmsn.checkpoint import CheckpointMetadata, save_checkpoint
 from cxrmsn.model import create_encoder
 from cxrmsn.preprocess import PreprocessConfig
-from tests.training.downstream.fixtures import small_config
+from tests.training.downstream.fixtures import TINY_PRETRAIN, small_config
 from training.downstream.config import FinetuneConfig
 from training.downstream.experiment import Experiment, results_markdown, run_experiment
 
 TINY = (
-    "model.arch=vit_nano_patch8_64",
-    "views.focal_views=1",
-    "views.focal_size=32",
-    "data.cache_size=64",
-    "data.cache_workers=1",
-    "data.num_workers=0",
-    "loss.num_prototypes=16",
+    *TINY_PRETRAIN,
     "dino.head_hidden=32",
     "dino.bottleneck=8",
     "dino.num_prototypes=16",
     "mae.decoder_dim=32",
     "mae.decoder_depth=1",
     "mae.decoder_heads=2",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.progress=false",
-    "monitor.every=0",
+    "train.epochs=2",  # after TINY_PRETRAIN's 1: the later override wins
 )
 
 
